@@ -1,0 +1,3 @@
+from lightning_gen.cli import main
+
+main()

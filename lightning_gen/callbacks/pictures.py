@@ -1,0 +1,128 @@
+"""Sample grids, reconstructions and latent interpolations as pictures, for any logger.
+
+Every picture is written as a PNG under ``<run folder>/images/`` (the CSV logger has no images),
+and also handed to each logger that can show images: ``log_image`` (W&B) or
+``experiment.add_image`` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+from torchvision.utils import make_grid, save_image
+
+from lightning_gen.models.base import has_surface
+
+
+def run_folder(trainer: pl.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Path:
+    """Write ``images`` ``[N, C, H, W]`` in [0, 1] as one grid PNG and send it to every image-capable logger."""
+    grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
+    path = run_folder(trainer) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:04d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+    step = trainer.global_step
+    for logger in trainer.loggers:
+        if callable(getattr(logger, "log_image", None)):  # W&B
+            logger.log_image(key=key, images=[grid.permute(1, 2, 0).numpy()], step=step)
+        elif callable(getattr(getattr(logger, "experiment", None), "add_image", None)):  # TensorBoard
+            logger.experiment.add_image(key, grid, global_step=step)
+    return path
+
+
+def _model_input(model, x: Tensor, generator: torch.Generator) -> Tensor:
+    """Images in [0, 1] -> what the model's encoder takes (e.g. binarised for a Bernoulli likelihood)."""
+    likelihood = getattr(model, "likelihood", None)
+    return likelihood.prepare(x, generator) if likelihood is not None else x
+
+
+class PictureLogger(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs (and once after testing), log:
+
+    - ``<stage>/samples``: ``num_samples`` draws of ``model.sample`` with a fixed seed, so grids of
+      successive epochs show the same latent draws;
+    - ``<stage>/reconstructions``: held-out inputs (top row) above their reconstructions (bottom row);
+    - ``<stage>/interpolations``: one row per pair of held-out images, decoding
+      z = (1 - t) z_a + t z_b for ``interpolation_steps`` values of t in [0, 1], between the two inputs.
+
+    Held-out images are the first ones of the validation set during ``fit``/``validate`` and of the
+    test set during ``test``. Reconstructions and interpolations need ``encode``/``decode``; a model
+    without them gets only samples.
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        num_samples: int = 64,
+        num_reconstructions: int = 8,
+        num_interpolations: int = 4,
+        interpolation_steps: int = 8,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.every_n_epochs = every_n_epochs
+        self.num_samples, self.num_reconstructions = num_samples, num_reconstructions
+        self.num_interpolations, self.interpolation_steps = num_interpolations, interpolation_steps
+        self.seed = seed
+        self._held_out: Tensor | None = None
+        self.written: list[Path] = []
+
+    def _keep_first_batch(self, batch, batch_idx: int, dataloader_idx: int) -> None:
+        if batch_idx == 0 and dataloader_idx == 0:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self._held_out = x[: max(self.num_reconstructions, 2 * self.num_interpolations)].detach()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep_first_batch(batch, batch_idx, dataloader_idx)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self._keep_first_batch(batch, batch_idx, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        self.log_pictures(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self.log_pictures(trainer, pl_module, "test")
+
+    @torch.no_grad()
+    def log_pictures(self, trainer: pl.Trainer, model: pl.LightningModule, stage: str) -> None:
+        if not trainer.is_global_zero or len(getattr(model, "data_shape", ())) != 3:
+            return  # one writer under DDP; non-image data (toy 2-D points) has its own plots
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator(device=model.device).manual_seed(self.seed)
+        if self.num_samples and has_surface(model, "sample"):
+            samples = model.sample(self.num_samples, generator=generator)
+            self.written.append(log_picture(trainer, f"{stage}/samples", samples, nrow=8))
+        held_out = self._held_out
+        if held_out is not None and has_surface(model, "encode") and has_surface(model, "decode"):
+            held_out = held_out.to(model.device)
+            if self.num_reconstructions:
+                inputs = held_out[: self.num_reconstructions]
+                outputs = model.decode(model.encode(_model_input(model, inputs, generator)))
+                self.written.append(
+                    log_picture(trainer, f"{stage}/reconstructions", torch.cat([inputs, outputs]), nrow=len(inputs))
+                )
+            pairs = min(self.num_interpolations, len(held_out) // 2)
+            if pairs and self.interpolation_steps >= 2:
+                self.written.append(self._interpolations(trainer, model, held_out, pairs, generator, stage))
+        model.train(was_training)
+
+    def _interpolations(self, trainer, model, held_out: Tensor, pairs: int, generator, stage: str) -> Path:
+        a, b = held_out[:pairs], held_out[pairs : 2 * pairs]
+        z_a, z_b = model.encode(_model_input(model, a, generator)), model.encode(_model_input(model, b, generator))
+        t = torch.linspace(0, 1, self.interpolation_steps, device=z_a.device).view(1, -1, 1)  # (1, T, 1)
+        z = (1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)  # (P, T, d)
+        decoded = model.decode(z.flatten(0, 1)).view(pairs, self.interpolation_steps, *a.shape[1:])
+        rows = torch.cat([a.unsqueeze(1), decoded, b.unsqueeze(1)], dim=1)  # (P, T + 2, C, H, W)
+        return log_picture(trainer, f"{stage}/interpolations", rows.flatten(0, 1), nrow=self.interpolation_steps + 2)

@@ -1,0 +1,133 @@
+"""``python -m lightning_gen`` / ``lightning-gen``: LightningCLI with our links, run folders and summaries.
+
+Every subcommand takes ``--config configs/<model>_<dataset>.yaml``; any key can be overridden on the
+command line (``--model.init_args.latent_dim 32``) and ``--print_config`` shows every option.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_gen.checkpoints import check_model_class, read_checkpoint
+from lightning_gen.data.base import SplitDataModule
+from lightning_gen.errors import LightningGenError
+from lightning_gen.models.base import GenerativeModule
+
+_CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
+
+
+class LightningGenCLI(LightningCLI):
+    def __init__(self, args=None, run: bool = True, **kwargs):
+        super().__init__(
+            model_class=GenerativeModule,
+            subclass_mode_model=True,
+            datamodule_class=SplitDataModule,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,  # each model takes its optimizer(s) as init arguments
+            args=args,
+            run=run,
+            **kwargs,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # shapes come from the data, never typed twice in a config
+        parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=False,
+            help="fit only: after training, run `test` on the best checkpoint and report its metrics",
+        )
+
+    # --- boundary checks before any work starts --------------------------------------------------
+    def _check_ckpt_path(self) -> None:
+        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+        if ckpt_path and str(ckpt_path) not in _CHECKPOINT_KEYWORDS:
+            check_model_class(read_checkpoint(ckpt_path), type(self.model), ckpt_path)
+
+    def before_fit(self) -> None:
+        self._check_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._check_ckpt_path()
+
+    def before_test(self) -> None:
+        self._check_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._check_ckpt_path()
+
+    # --- what the user sees at the end -----------------------------------------------------------
+    def after_fit(self) -> None:
+        fit_metrics = _scalar_metrics(self.trainer.callback_metrics)
+        test_metrics = {}
+        if self.config.fit.get("test_after_fit"):
+            checkpoint = self.trainer.checkpoint_callback
+            ckpt_path = "best" if checkpoint is not None and checkpoint.best_model_path else None
+            results = self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=ckpt_path)
+            test_metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        if self.trainer.is_global_zero:
+            print(run_summary(self.trainer, {**fit_metrics, **test_metrics}), flush=True)
+
+    def after_validate(self) -> None:
+        self._print_summary()
+
+    def after_test(self) -> None:
+        self._print_summary()
+
+    def after_predict(self) -> None:
+        predictions = self.trainer.predict_loop.predictions
+        if self.trainer.is_global_zero and predictions:
+            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            merged = {key: torch.cat([p[key] for p in predictions]) for key in predictions[0]}
+            torch.save(merged, path)
+            print(f"predictions ({', '.join(f'{k} {tuple(v.shape)}' for k, v in merged.items())}) -> {path}")
+
+    def _print_summary(self) -> None:
+        if self.trainer.is_global_zero:
+            print(run_summary(self.trainer, _scalar_metrics(self.trainer.callback_metrics)), flush=True)
+
+
+def _scalar_metrics(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+def run_summary(trainer, metrics: dict[str, float]) -> str:
+    """The closing lines of a run: where its files are and its final metrics."""
+    folder = Path(trainer.log_dir or trainer.default_root_dir)
+    lines = ["", f"run folder: {folder}"]
+    if (folder / "config.yaml").is_file():
+        lines.append(f"  config:      {folder / 'config.yaml'}")
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+            lines.append(f"  best ckpt:   {callback.best_model_path} ({callback.monitor}={float(callback.best_model_score):.4f})")
+        if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
+            lines.append(f"  last ckpt:   {callback.last_model_path}")
+    for name in ("metrics.csv",):
+        if (folder / name).is_file():
+            lines.append(f"  metrics:     {folder / name}")
+    if (folder / "images").is_dir():
+        lines.append(f"  pictures:    {folder / 'images'} ({len(list((folder / 'images').glob('*.png')))} PNG)")
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))}
+    if shown:
+        lines.append("final metrics (nats per image unless _bpd = bits/dim):")
+        lines += [f"  {key:<16} {value:.4f}" for key, value in shown.items()]
+    return "\n".join(lines)
+
+
+def main(args: list[str] | None = None) -> None:
+    try:
+        LightningGenCLI(args=args)
+    except LightningGenError as error:
+        print(f"lightning-gen: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,120 @@
+"""Pixel likelihoods p(x | params) for decoders. Each returns log-probabilities in nats per image.
+
+A likelihood owns the conversion of data into its support (``prepare``) so that a model never
+touches pixel ranges itself (pixel convention: ``lightning_gen.data.pixels``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lightning_gen.data.pixels import NUM_LEVELS, binarize, from_uint8_levels, to_uint8_levels
+
+
+class PixelLikelihood:
+    """Interface: ``params`` is the decoder output ``[N, C * params_per_channel, H, W]``."""
+
+    name: str
+    params_per_channel: int
+    support: str  # said in docs and error messages: what ``log_prob`` expects
+
+    def prepare(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Images in [0, 1] -> values in this likelihood's support."""
+        return x
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        """log p(x | params), summed over pixels -> ``[N]`` nats."""
+        raise NotImplementedError
+
+    def mean(self, params: Tensor) -> Tensor:
+        """The mean image in [0, 1]."""
+        raise NotImplementedError
+
+
+class BernoulliLikelihood(PixelLikelihood):
+    """p(x | logits) = prod_i Bernoulli(x_i; sigmoid(logit_i)) on binarised images.
+
+    ``binarization='dynamic'`` re-samples each training image from Bernoulli(pixel) every time it is
+    seen; evaluation steps pass a seeded generator so the held-out binarisation is the same every epoch.
+    """
+
+    name = "bernoulli"
+    params_per_channel = 1
+    support = "binary {0, 1}"
+
+    def __init__(self, binarization: str = "dynamic"):
+        binarize(torch.zeros(1), binarization)  # validates the mode now
+        self.binarization = binarization
+
+    def prepare(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return binarize(x, self.binarization, generator)
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        # log Bernoulli(x; sigmoid(l)) = -BCE_with_logits(l, x)
+        return -F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(1)
+
+    def mean(self, params: Tensor) -> Tensor:
+        return torch.sigmoid(params)
+
+
+class DiscretizedLogisticLikelihood(PixelLikelihood):
+    """One logistic per sub-pixel, integrated over the 8-bit bin of the observed level
+    (Salimans et al. 2017, PixelCNN++, with a single component).
+
+    With x = k/255 and half-bin h = 1/510: P(k) = sigmoid((x + h - mu)/s) - sigmoid((x - h - mu)/s),
+    where the bottom bin extends to -inf and the top bin to +inf, so the 256 probabilities sum to 1.
+    params per channel: (mu, log s).
+    """
+
+    name = "discretized_logistic"
+    params_per_channel = 2
+    support = "8-bit levels k/255 in [0, 1]"
+    min_log_scale = -7.0
+
+    def _split(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_scale = params.chunk(2, dim=1)  # each (N, C, H, W)
+        return mean, log_scale.clamp(min=self.min_log_scale)
+
+    def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
+        mean, log_scale = self._split(params)
+        levels = to_uint8_levels(x)
+        x = from_uint8_levels(levels)
+        half_bin = 0.5 / (NUM_LEVELS - 1)
+        inv_scale = torch.exp(-log_scale)
+        upper = inv_scale * (x - mean + half_bin)
+        lower = inv_scale * (x - mean - half_bin)
+        # P(k) = F(upper) - F(lower) = S(lower) - S(upper) with F = sigmoid, S = 1 - F. Each form is
+        # computed as log a + log(1 - b/a) in log space; the CDF form is accurate left of the mean,
+        # the survival form right of it, so each pixel uses the side it lies on.
+        log_cdf_upper, log_cdf_lower = F.logsigmoid(upper), F.logsigmoid(lower)
+        log_sf_upper, log_sf_lower = F.logsigmoid(-upper), F.logsigmoid(-lower)
+        from_left = log_cdf_upper + _log1mexp(log_cdf_lower - log_cdf_upper)
+        from_right = log_sf_lower + _log1mexp(log_sf_upper - log_sf_lower)
+        log_bin = torch.where(x > mean, from_right, from_left)
+        # the bottom bin is (-inf, x + h], the top bin (x - h, +inf)
+        log_p = torch.where(levels == 0, log_cdf_upper, torch.where(levels == NUM_LEVELS - 1, log_sf_lower, log_bin))
+        return log_p.flatten(1).sum(1)
+
+    def mean(self, params: Tensor) -> Tensor:
+        mean, _ = self._split(params)
+        return mean.clamp(0, 1)
+
+
+def _log1mexp(a: Tensor) -> Tensor:
+    """log(1 - exp(a)) for a < 0 (clamped just below 0 so a zero-width bin gives a finite value)."""
+    return torch.log(-torch.expm1(a.clamp(max=-1e-30)))
+
+
+LIKELIHOODS = {"bernoulli": BernoulliLikelihood, "discretized_logistic": DiscretizedLogisticLikelihood}
+
+
+def build_likelihood(name: str, binarization: str = "dynamic") -> PixelLikelihood:
+    if name == "bernoulli":
+        return BernoulliLikelihood(binarization)
+    if name in LIKELIHOODS:
+        return LIKELIHOODS[name]()
+    raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")

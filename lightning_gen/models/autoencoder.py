@@ -1,0 +1,253 @@
+"""Autoencoders: a plain deterministic AE (the baseline) and a VAE (Kingma & Welling 2014).
+
+Both reconstruct through the same decoder and pixel likelihood p(x | z) (``lightning_gen.losses``).
+Units: every loss and bound is in nats per image unless its name ends in ``_bpd`` (bits per dim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from lightning.pytorch.cli import OptimizerCallable
+from torch import Tensor
+
+from lightning_gen.losses import build_likelihood, gaussian_kl_to_standard, log_normal, reparameterize
+from lightning_gen.losses.gaussian import log_standard_normal
+from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
+from lightning_gen.nets import ConvDecoder, ConvEncoder
+from lightning_gen.nets.conv import check_image_shape
+
+EVAL_SEED = 1234  # seeds the held-out binarisation and posterior noise so val/test numbers repeat
+
+
+class _Autoencoder(GenerativeModule):
+    """Encoder producing ``encoder_outputs`` numbers per image, decoder + pixel likelihood."""
+
+    encoder_outputs_per_latent: int
+
+    def __init__(
+        self,
+        data_shape: tuple[int, int, int] = (1, 28, 28),
+        latent_dim: int = 16,
+        likelihood: str = "discretized_logistic",
+        binarization: str = "dynamic",
+        channels: int = 32,
+        hidden: int = 256,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer"])
+        self.data_shape = check_image_shape(tuple(data_shape))
+        self.latent_dim = latent_dim
+        self.likelihood = build_likelihood(likelihood, binarization)
+        self.encoder = ConvEncoder(self.data_shape, self.encoder_outputs_per_latent * latent_dim, channels, hidden)
+        self.decoder = ConvDecoder(self.data_shape, latent_dim, self.likelihood.params_per_channel, channels, hidden)
+        self.optimizer_factory = optimizer
+
+    def configure_optimizers(self):
+        return self.optimizer_factory(self.parameters())
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Latent codes ``[N, latent_dim]`` -> mean images ``[N, C, H, W]`` in [0, 1]."""
+        return self.likelihood.mean(self.decoder(z))
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Images in [0, 1] -> decoded codes of their (prepared) inputs, in [0, 1]."""
+        return self.decode(self.encode(self.likelihood.prepare(x, self._eval_generator(x.device))))
+
+    def _eval_generator(self, device: torch.device, offset: int = 0) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(EVAL_SEED + offset)
+
+    def _prepare_batch(self, batch, stage: str, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        generator = None if stage == "train" else self._eval_generator(x.device, batch_idx)
+        return self.likelihood.prepare(x, generator)
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """Codes and reconstructions of the predict split (the test set)."""
+        x = self._prepare_batch(batch, "predict", batch_idx)
+        z = self.encode(x)
+        return {"z": z, "reconstruction": self.decode(z)}
+
+
+class AE(_Autoencoder):
+    """Deterministic autoencoder: z = f(x), loss = -log p(x | g(z)) (nats per image).
+
+    Nothing shapes its latent space, which is why it has holes: decoding an arbitrary z rarely gives
+    an image. To sample anyway, ``sample`` draws z from a full-covariance Gaussian fitted (by its
+    mean and covariance) to the codes of the training images seen during the last training epoch,
+    and decodes it.
+    """
+
+    encoder_outputs_per_latent = 1
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        d = self.latent_dim
+        self.register_buffer("code_mean", torch.zeros(d))
+        self.register_buffer("code_scale_tril", torch.eye(d))  # Cholesky factor of the code covariance
+        self._code_sums: list[Tensor] | None = None
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+    def _reconstruction_nll(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        z = self.encode(x)
+        return -self.likelihood.log_prob(self.decoder(z), x), z
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x = self._prepare_batch(batch, "train", batch_idx)
+        nll, z = self._reconstruction_nll(x)
+        self._accumulate_codes(z.detach())
+        loss = nll.mean()
+        self.log_dict({"train/loss": loss, "train/recon": loss}, prog_bar=True)
+        return loss
+
+    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+        x = self._prepare_batch(batch, stage, batch_idx)
+        nll, _ = self._reconstruction_nll(x)
+        self.log(f"{stage}/recon", nll.mean(), prog_bar=stage == "val", sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    # --- the Gaussian fitted to training codes -------------------------------------------------
+    def on_train_epoch_start(self) -> None:
+        d = self.latent_dim
+        zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
+        self._code_sums = [zeros(()), zeros(d), zeros(d, d)]  # count, sum z, sum z z^T
+
+    def _accumulate_codes(self, z: Tensor) -> None:
+        if self._code_sums is None:
+            self.on_train_epoch_start()
+        z = z.double()
+        count, total, outer = self._code_sums
+        self._code_sums = [count + len(z), total + z.sum(0), outer + z.T @ z]
+
+    def on_train_epoch_end(self) -> None:
+        count, total, outer = (self.trainer.strategy.reduce(s, reduce_op="sum") for s in self._code_sums)
+        mean = total / count
+        covariance = outer / count - torch.outer(mean, mean)
+        covariance += 1e-6 * torch.eye(self.latent_dim, dtype=covariance.dtype, device=covariance.device)
+        self.code_mean.copy_(mean.float())
+        self.code_scale_tril.copy_(torch.linalg.cholesky(covariance).float())
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return self.decode(self.code_mean + eps @ self.code_scale_tril.T)
+
+
+class VAE(_Autoencoder):
+    """Variational autoencoder with a diagonal-Gaussian encoder q(z|x) and prior p(z) = N(0, I).
+
+    ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z)) <= log p(x), with the KL in closed form and the
+    expectation estimated with one reparameterised sample. Training minimises
+    -(E_q[log p(x|z)] - beta_t * KL), where beta_t = beta * min(1, step / kl_warmup_steps) (linear KL
+    warm-up, Bowman et al. 2016; beta-VAE, Higgins et al. 2017). Validation and test report the true
+    ELBO (beta = 1). ``log_likelihood`` is the importance-weighted bound (IWAE, Burda et al. 2016).
+
+    Args:
+        beta: weight of the KL term after warm-up (1 is the ELBO).
+        kl_warmup_steps: optimizer steps over which the KL weight rises linearly from 0 to beta (0: none).
+        val_importance_samples: k of the IWAE bound behind ``val/nll_bpd``.
+        test_importance_samples: k of the IWAE bound behind ``test/nll`` and ``test/nll_bpd``.
+    """
+
+    encoder_outputs_per_latent = 2  # mean and log-variance
+
+    def __init__(
+        self,
+        *args,
+        beta: float = 1.0,
+        kl_warmup_steps: int = 0,
+        val_importance_samples: int = 8,
+        test_importance_samples: int = 128,
+        **kwargs,
+    ):
+        super().__init__(*args, **kwargs)
+        if beta < 0 or kl_warmup_steps < 0 or val_importance_samples < 1 or test_importance_samples < 1:
+            raise ValueError("beta and kl_warmup_steps must be >= 0 and the importance sample counts >= 1")
+        self.beta, self.kl_warmup_steps = beta, kl_warmup_steps
+        self.val_importance_samples, self.test_importance_samples = val_importance_samples, test_importance_samples
+
+    def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """q(z|x) as (mean, log-variance), each ``[N, latent_dim]``."""
+        mean, logvar = self.encoder(x).chunk(2, dim=1)
+        return mean, logvar
+
+    def encode(self, x: Tensor) -> Tensor:
+        """The posterior mean, a deterministic code."""
+        return self.posterior(x)[0]
+
+    def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """One-sample estimate of E_q[log p(x|z)] and the closed-form KL, each ``[N]`` nats."""
+        mean, logvar = self.posterior(x)
+        z = reparameterize(mean, logvar, generator)
+        return self.likelihood.log_prob(self.decoder(z), x), gaussian_kl_to_standard(mean, logvar)
+
+    def kl_weight(self) -> float:
+        if self.kl_warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
+
+    def training_step(self, batch, batch_idx: int) -> Tensor:
+        x = self._prepare_batch(batch, "train", batch_idx)
+        log_px_z, kl = self.elbo_terms(x)
+        weight = self.kl_weight()
+        loss = (-log_px_z + weight * kl).mean()
+        self.log_dict(
+            {"train/loss": loss, "train/recon": -log_px_z.mean(), "train/kl": kl.mean(), "train/kl_weight": weight},
+            prog_bar=True,
+        )
+        self.log("train/elbo", (log_px_z - kl).mean())
+        return loss
+
+    def _evaluate(self, batch, batch_idx: int, stage: str, importance_samples: int) -> None:
+        x = self._prepare_batch(batch, stage, batch_idx)
+        generator = self._eval_generator(x.device, 10_000 + batch_idx)
+        log_px_z, kl = self.elbo_terms(x, generator)
+        nll = -self.log_likelihood(x, importance_samples, generator=generator)
+        self.log(f"{stage}/elbo", (log_px_z - kl).mean(), prog_bar=stage == "val", sync_dist=True)
+        metrics = {
+            f"{stage}/recon": -log_px_z.mean(),
+            f"{stage}/kl": kl.mean(),
+            f"{stage}/nll": nll.mean(),
+            f"{stage}/nll_bpd": nats_to_bits_per_dim(nll, self.num_dims).mean(),
+        }
+        self.log_dict(metrics, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val", self.val_importance_samples)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test", self.test_importance_samples)
+
+    @torch.no_grad()
+    def log_likelihood(
+        self, x: Tensor, k: int = 128, chunk_size: int = 32, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i|x), z_i ~ q(z|x): ``[N]`` nats per image.
+
+        A lower bound on log p(x) that is never below the ELBO in expectation, grows with k and
+        converges to log p(x) as k -> infinity. ``x`` must be in the likelihood's support (binary for
+        Bernoulli: pass ``model.likelihood.prepare(x)``; 8-bit levels for discretised logistic).
+        The k samples are drawn ``chunk_size`` at a time to bound memory.
+        """
+        mean, logvar = self.posterior(x)
+        log_weights = []
+        for start in range(0, k, chunk_size):
+            m = min(chunk_size, k - start)
+            z = reparameterize(mean.expand(m, *mean.shape), logvar.expand(m, *logvar.shape), generator)  # (m, N, d)
+            params = self.decoder(z.flatten(0, 1))  # (m*N, C*p, H, W)
+            log_px_z = self.likelihood.log_prob(params, x.repeat(m, 1, 1, 1)).view(m, -1)  # (m, N)
+            log_weights.append(log_px_z + log_standard_normal(z) - log_normal(z, mean, logvar))
+        return torch.logsumexp(torch.cat(log_weights), dim=0) - math.log(k)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decode z ~ N(0, I) to the mean image of p(x|z), in [0, 1]."""
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        return self.decode(z)

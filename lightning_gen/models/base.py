@@ -1,0 +1,56 @@
+"""The small surface every lightning-gen model offers to callbacks, the CLI and the evaluation code.
+
+- ``sample(n, generator=None)`` -> ``[n, *data_shape]`` images in [0, 1] (every model)
+- ``encode(x)`` -> latent codes, ``decode(z)`` -> images in [0, 1] (models with a latent space)
+- ``log_likelihood(x, ...)`` -> ``[N]`` nats per image (models with an explicit likelihood)
+
+Callbacks ask ``has_surface(model, "encode")`` rather than checking classes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import Tensor
+
+from lightning_gen.checkpoints import MODEL_CLASS_KEY, check_model_class, class_path, read_checkpoint
+
+
+def has_surface(model: Any, name: str) -> bool:
+    """Whether ``model`` offers the surface method ``name`` (e.g. "encode", "log_likelihood")."""
+    return callable(getattr(model, name, None))
+
+
+def nats_to_bits_per_dim(nats_per_image: Tensor, num_dims: int) -> Tensor:
+    """bits/dim = nats / (D ln 2), where D is the number of sub-pixels of one image."""
+    return nats_per_image / (num_dims * math.log(2))
+
+
+class GenerativeModule(pl.LightningModule):
+    """Base of every model: records its class in checkpoints and refuses a checkpoint of another."""
+
+    data_shape: tuple[int, ...]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        raise NotImplementedError
+
+    @property
+    def num_dims(self) -> int:
+        return math.prod(self.data_shape)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[MODEL_CLASS_KEY] = class_path(type(self))
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # runs before the state dict is loaded, both for `fit --ckpt_path` and `load_from_checkpoint`
+        check_model_class(checkpoint, type(self))
+
+    @classmethod
+    def load_checkpoint(cls, path: str | Path, map_location: Any = "cpu", **overrides: Any) -> "GenerativeModule":
+        """``load_from_checkpoint`` with clear errors for a missing, corrupt or foreign checkpoint."""
+        check_model_class(read_checkpoint(path), cls, path)
+        return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
