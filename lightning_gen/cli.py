@@ -6,6 +6,7 @@ command line (``--model.init_args.latent_dim 32``) and ``--print_config`` shows 
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -45,22 +46,19 @@ class LightningGenCLI(LightningCLI):
         )
 
     # --- boundary checks before any work starts --------------------------------------------------
-    def _check_ckpt_path(self) -> None:
-        ckpt_path = self.config[self.subcommand].get("ckpt_path")
+    def _parse_ckpt_path(self) -> None:
+        """Check ``--ckpt_path`` before Lightning reads it.
+
+        Lightning loads the checkpoint's hyperparameters into the config here, including its model
+        class, so a checkpoint of another model would silently replace the configured model. We
+        refuse that instead, and turn a missing or corrupt file into one clear message.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if ckpt_path and str(ckpt_path) not in _CHECKPOINT_KEYWORDS:
-            check_model_class(read_checkpoint(ckpt_path), type(self.model), ckpt_path)
-
-    def before_fit(self) -> None:
-        self._check_ckpt_path()
-
-    def before_validate(self) -> None:
-        self._check_ckpt_path()
-
-    def before_test(self) -> None:
-        self._check_ckpt_path()
-
-    def before_predict(self) -> None:
-        self._check_ckpt_path()
+            configured = import_class(self.config[subcommand].model.class_path)
+            check_model_class(read_checkpoint(ckpt_path), configured, ckpt_path)
+        super()._parse_ckpt_path()
 
     # --- what the user sees at the end -----------------------------------------------------------
     def after_fit(self) -> None:
@@ -94,6 +92,11 @@ class LightningGenCLI(LightningCLI):
             print(run_summary(self.trainer, _scalar_metrics(self.trainer.callback_metrics)), flush=True)
 
 
+def import_class(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def _scalar_metrics(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
 
@@ -106,7 +109,9 @@ def run_summary(trainer, metrics: dict[str, float]) -> str:
         lines.append(f"  config:      {folder / 'config.yaml'}")
     for callback in trainer.checkpoint_callbacks:
         if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
-            lines.append(f"  best ckpt:   {callback.best_model_path} ({callback.monitor}={float(callback.best_model_score):.4f})")
+            score = callback.best_model_score
+            score_text = f" ({callback.monitor}={float(score):.4f})" if score is not None else ""
+            lines.append(f"  best ckpt:   {callback.best_model_path}{score_text}")
         if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
             lines.append(f"  last ckpt:   {callback.last_model_path}")
     for name in ("metrics.csv",):

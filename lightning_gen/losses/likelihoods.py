@@ -100,8 +100,14 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
         return log_p.flatten(1).sum(1)
 
     def mean(self, params: Tensor) -> Tensor:
-        mean, _ = self._split(params)
-        return mean.clamp(0, 1)
+        """E[k / 255] of the discretised distribution, by summation by parts:
+        E[k] = sum_{j=1}^{255} P(k >= j) = sum_j S((j - 1/2)/255), with S the logistic survival function."""
+        mean, log_scale = self._split(params)
+        inv_scale = torch.exp(-log_scale)
+        expected_level = torch.zeros_like(mean)
+        for j in range(1, NUM_LEVELS):  # a loop keeps memory at one image-sized tensor
+            expected_level += torch.sigmoid(inv_scale * (mean - (j - 0.5) / (NUM_LEVELS - 1)))
+        return expected_level / (NUM_LEVELS - 1)
 
 
 def _log1mexp(a: Tensor) -> Tensor:

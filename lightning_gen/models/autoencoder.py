@@ -21,6 +21,11 @@ from lightning_gen.nets.conv import check_image_shape
 EVAL_SEED = 1234  # seeds the held-out binarisation and posterior noise so val/test numbers repeat
 
 
+def linear_warmup(step: int, warmup_steps: int, final: float) -> float:
+    """final * min(1, step / warmup_steps); ``final`` from the start when ``warmup_steps`` is 0."""
+    return final if warmup_steps == 0 else final * min(1.0, step / warmup_steps)
+
+
 class _Autoencoder(GenerativeModule):
     """Encoder producing ``encoder_outputs`` numbers per image, decoder + pixel likelihood."""
 
@@ -51,10 +56,6 @@ class _Autoencoder(GenerativeModule):
     def decode(self, z: Tensor) -> Tensor:
         """Latent codes ``[N, latent_dim]`` -> mean images ``[N, C, H, W]`` in [0, 1]."""
         return self.likelihood.mean(self.decoder(z))
-
-    def reconstruct(self, x: Tensor) -> Tensor:
-        """Images in [0, 1] -> decoded codes of their (prepared) inputs, in [0, 1]."""
-        return self.decode(self.encode(self.likelihood.prepare(x, self._eval_generator(x.device))))
 
     def _eval_generator(self, device: torch.device, offset: int = 0) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(EVAL_SEED + offset)
@@ -190,9 +191,7 @@ class VAE(_Autoencoder):
         return self.likelihood.log_prob(self.decoder(z), x), gaussian_kl_to_standard(mean, logvar)
 
     def kl_weight(self) -> float:
-        if self.kl_warmup_steps == 0:
-            return self.beta
-        return self.beta * min(1.0, self.global_step / self.kl_warmup_steps)
+        return linear_warmup(self.global_step, self.kl_warmup_steps, self.beta)
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x = self._prepare_batch(batch, "train", batch_idx)

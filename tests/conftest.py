@@ -1,0 +1,60 @@
+"""Shared fixtures. No test downloads anything: Fashion-MNIST comes from Debian's package (installed by
+`make install`), everything else is written to temporary folders by the tests themselves."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def fmnist_dir() -> Path:
+    assert (FMNIST_DIR / "train-images-idx3-ubyte.gz").is_file(), (
+        f"Fashion-MNIST is expected in {FMNIST_DIR}: run `make install` (installs Debian's dataset-fashion-mnist)"
+    )
+    return FMNIST_DIR
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    """Write a uint8 array as an IDX file (the MNIST format)."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    payload = header + array.astype(np.uint8).tobytes()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+    return path
+
+
+@pytest.fixture
+def tiny_idx_dir(tmp_path: Path) -> Path:
+    """A folder with small random MNIST-format files: 64 train and 32 test images of 28x28."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "idx"
+    folder.mkdir()
+    for prefix, n in (("train", 64), ("t10k", 32)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", rng.integers(0, 10, (n,)))
+    return folder
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path: Path, monkeypatch) -> Path:
+    """Run in an empty folder, so that run folders (`runs/...`) land in the test's temporary space."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("LIGHTNING_GEN_DATA", raising=False)
+    return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    torch.manual_seed(0)

@@ -1,0 +1,74 @@
+"""AE and VAE: the shared contract, plus what is particular to each."""
+
+import torch
+
+from contract import GenerativeModelContract, fake_image_batches
+from lightning_gen.models import AE, VAE
+
+
+class TestVAE(GenerativeModelContract):
+    other_model_class = AE
+
+    def make_model(self):
+        return VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32)
+
+
+class TestBernoulliVAE(GenerativeModelContract):
+    other_model_class = AE
+
+    def make_model(self):
+        return VAE(data_shape=(1, 28, 28), latent_dim=4, likelihood="bernoulli", channels=8, hidden=32)
+
+
+class TestRGBVAE(GenerativeModelContract):
+    other_model_class = AE
+
+    def make_model(self):
+        return VAE(data_shape=(3, 32, 32), latent_dim=4, channels=8, hidden=32)
+
+
+class TestAE(GenerativeModelContract):
+    other_model_class = VAE
+
+    def make_model(self):
+        return AE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32)
+
+
+def test_ae_samples_from_the_gaussian_fitted_to_its_training_codes(tmp_path):
+    """With a frozen encoder (learning rate 0) the codes do not move during the epoch, so the fitted
+    Gaussian must equal the empirical mean and covariance of the training codes."""
+    import lightning.pytorch as pl
+
+    frozen = lambda params: torch.optim.SGD(params, lr=0.0)  # noqa: E731
+    model = AE(data_shape=(1, 28, 28), latent_dim=3, channels=8, hidden=32, optimizer=frozen)
+    loader = fake_image_batches((1, 28, 28), n=48, batch_size=16)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, loader)
+    with torch.no_grad():
+        codes = torch.cat([model.encode(x) for x, _ in loader]).double()
+    torch.testing.assert_close(model.code_mean.double(), codes.mean(0), rtol=0, atol=1e-5)
+    covariance = model.code_scale_tril.double() @ model.code_scale_tril.double().T
+    torch.testing.assert_close(covariance, torch.cov(codes.T, correction=0), rtol=0, atol=1e-4)
+    # and samples really come from that Gaussian: re-encoding is not needed, check the latent draws
+    eps = torch.randn(20_000, 3, generator=torch.Generator().manual_seed(0))
+    z = model.code_mean + eps @ model.code_scale_tril.T
+    torch.testing.assert_close(z.double().mean(0), codes.mean(0), rtol=0, atol=0.05 * codes.std(0).max().item())
+
+
+def test_vae_reports_the_true_elbo_at_validation_while_training_is_warmed_up(tmp_path):
+    import lightning.pytorch as pl
+    from lightning.pytorch.loggers import CSVLogger
+    import csv
+
+    model = VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32, kl_warmup_steps=4, beta=2.0)
+    loader = fake_image_batches((1, 28, 28), n=64, batch_size=16)
+    trainer = pl.Trainer(max_epochs=2, logger=CSVLogger(tmp_path), log_every_n_steps=1, enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(model, loader, loader)
+    rows = list(csv.DictReader(open(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")))
+    weights = [float(r["train/kl_weight"]) for r in rows if r.get("train/kl_weight")]
+    assert weights == [0.0, 0.5, 1.0, 1.5, 2.0, 2.0, 2.0, 2.0]  # beta * min(1, step / 4), steps 0..7
+    val = [r for r in rows if r.get("val/elbo")][-1]
+    elbo, recon, kl = float(val["val/elbo"]), float(val["val/recon"]), float(val["val/kl"])
+    assert abs(elbo - (-recon - kl)) < 1e-2 * abs(elbo)  # beta = 1 in the reported ELBO
