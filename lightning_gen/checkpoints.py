@@ -10,6 +10,7 @@ import torch
 from lightning_gen.errors import CheckpointError
 
 MODEL_CLASS_KEY = "lightning_gen_model_class"
+DATAMODULE_KEY = "lightning_gen_datamodule"  # {"class_path": ..., "init_args": {...}} of the training data
 
 
 def class_path(cls: type) -> str:

@@ -7,6 +7,7 @@ command line (``--model.init_args.latent_dim 32``) and ``--print_config`` shows 
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -14,10 +15,11 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_gen.checkpoints import check_model_class, read_checkpoint
+from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, read_checkpoint
 from lightning_gen.data.base import SplitDataModule
-from lightning_gen.errors import LightningGenError
+from lightning_gen.errors import CheckpointError, LightningGenError
 from lightning_gen.models.base import GenerativeModule
+from lightning_gen.trainer import LightningGenTrainer
 
 _CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
 
@@ -30,10 +32,15 @@ class LightningGenCLI(LightningCLI):
             datamodule_class=SplitDataModule,
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # each model takes its optimizer(s) as init arguments
+            trainer_class=LightningGenTrainer,
             args=args,
             run=run,
             **kwargs,
         )
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {**LightningCLI.subcommands(), "evaluate": {"model", "datamodule"}, "sample": {"model", "datamodule"}}
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # shapes come from the data, never typed twice in a config
@@ -126,8 +133,36 @@ def run_summary(trainer, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _option(args: list[str], name: str) -> str | None:
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            return args[i + 1]
+        if arg.startswith(name + "="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def args_from_checkpoint(args: list[str]) -> list[str]:
+    """``evaluate``/``sample`` without a config: take the model class and the data from the checkpoint."""
+    if not args or args[0] not in ("evaluate", "sample") or _option(args, "--config") or _option(args, "--model"):
+        return args
+    ckpt_path = _option(args, "--ckpt_path")
+    if not ckpt_path:
+        return args  # the subcommand itself says that --ckpt_path is needed
+    checkpoint = read_checkpoint(ckpt_path)
+    model_class = checkpoint.get(MODEL_CLASS_KEY)
+    if model_class is None:
+        raise CheckpointError(f"{ckpt_path} does not record its model class; pass --config with the run's config.yaml")
+    extra = ["--model", model_class]
+    data = checkpoint.get(DATAMODULE_KEY)
+    if data and not _option(args, "--data"):
+        extra += ["--data", json.dumps(data)]
+    return [args[0], *extra, *args[1:]]
+
+
 def main(args: list[str] | None = None) -> None:
     try:
+        args = args_from_checkpoint(sys.argv[1:] if args is None else list(args))
         LightningGenCLI(args=args)
     except LightningGenError as error:
         print(f"lightning-gen: error: {error}", file=sys.stderr)

@@ -70,8 +70,8 @@ class GenerativeModelContract:
         if not has_surface(model, "log_likelihood"):
             return  # an implicit model: nothing to check, and the surface says so
         x = torch.randint(0, 256, (3, *model.data_shape)).float() / 255
-        x = model.likelihood.prepare(x) if hasattr(model, "likelihood") else x
-        log_p = model.log_likelihood(x, 4)
+        x = model.prepare_input(x)
+        log_p = model.log_likelihood(x)
         assert log_p.shape == (3,) and torch.isfinite(log_p).all() and (log_p < 0).all()
 
     def test_checkpoint_round_trip_gives_bit_identical_samples(self, tmp_path):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -196,3 +198,47 @@ def test_a_corrupt_checkpoint_is_one_clear_message(in_tmp_dir, capsys):
     err = capsys.readouterr().err
     assert "broken.ckpt" in err and "corrupt" in err and "Traceback" not in err
     assert broken.read_bytes() == b"\x00" * 100
+
+
+def test_evaluate_needs_only_a_checkpoint_and_writes_metrics_json(trained_run, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(trained_run)
+    monkeypatch.setenv("LIGHTNING_GEN_CACHE", str(tmp_path / "cache"))
+    ckpt = _run_folders(trained_run)[0] / "checkpoints" / "last.ckpt"
+    before = ckpt.read_bytes()
+    main(["evaluate", "--ckpt_path", str(ckpt), "--metrics", "fid,precision_recall,nll_bpd",
+          "--num_samples", "300", "--max_real", "300", "--trainer.enable_progress_bar", "false"])
+    printed = capsys.readouterr().out
+    assert "fid_fmnist_clf" in printed and "nll_bpd" in printed and "metrics.json" in printed
+    record = json.loads((ckpt.parent / "metrics.json").read_text())["last.ckpt"]
+    by_name = {r["name"]: r for r in record["results"]}
+    assert set(by_name) == {"fid_fmnist_clf", "precision_fmnist_clf", "recall_fmnist_clf", "nll_bpd"}
+    assert by_name["fid_fmnist_clf"]["protocol"]["real_split"] == "test"
+    assert by_name["fid_fmnist_clf"]["protocol"]["num_real"] == 300
+    assert by_name["nll_bpd"]["protocol"]["estimator"] == "IWAE bound" and 0 < by_name["nll_bpd"]["value"] < 8
+    assert ckpt.read_bytes() == before
+
+
+def test_sample_reproduces_from_a_seed(trained_run, monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(trained_run)
+    ckpt = str(_run_folders(trained_run)[0] / "checkpoints" / "last.ckpt")
+    for out, seed in (("a", "3"), ("b", "3"), ("c", "4")):
+        main(["sample", "--ckpt_path", ckpt, "--num_samples", "10", "--out", str(tmp_path / out), "--seed", seed])
+    a, b, c = (np.load(tmp_path / name / "samples.npz")["images"] for name in "abc")
+    assert a.dtype == np.uint8 and a.shape == (10, 1, 28, 28)  # NCHW
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert (tmp_path / "a" / "samples.png").is_file()
+
+
+def test_evaluate_and_sample_refuse_bad_requests(trained_run, monkeypatch, capsys, tmp_path):
+    monkeypatch.chdir(trained_run)
+    ckpt = str(_run_folders(trained_run)[0] / "checkpoints" / "last.ckpt")
+    for args, expected in (
+        (["evaluate", "--ckpt_path", ckpt, "--metrics", "fid,sharpness"], "unknown metric"),
+        (["sample", "--ckpt_path", ckpt, "--num_samples", "0"], "num_samples must be at least 1"),
+        (["sample", "--ckpt_path", str(tmp_path / "missing.ckpt")], "does not exist"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            main(args)
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err

@@ -36,12 +36,6 @@ def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Pat
     return path
 
 
-def _model_input(model, x: Tensor, generator: torch.Generator) -> Tensor:
-    """Images in [0, 1] -> what the model's encoder takes (e.g. binarised for a Bernoulli likelihood)."""
-    likelihood = getattr(model, "likelihood", None)
-    return likelihood.prepare(x, generator) if likelihood is not None else x
-
-
 class PictureLogger(pl.Callback):
     """Every ``every_n_epochs`` validation epochs (and once after testing), log:
 
@@ -109,7 +103,7 @@ class PictureLogger(pl.Callback):
             held_out = held_out.to(model.device)
             if self.num_reconstructions:
                 inputs = held_out[: self.num_reconstructions]
-                outputs = model.decode(model.encode(_model_input(model, inputs, generator)))
+                outputs = model.decode(model.encode(model.prepare_input(inputs, generator)))
                 self.written.append(
                     log_picture(trainer, f"{stage}/reconstructions", torch.cat([inputs, outputs]), nrow=len(inputs))
                 )
@@ -120,7 +114,7 @@ class PictureLogger(pl.Callback):
 
     def _interpolations(self, trainer, model, held_out: Tensor, pairs: int, generator, stage: str) -> Path:
         a, b = held_out[:pairs], held_out[pairs : 2 * pairs]
-        z_a, z_b = model.encode(_model_input(model, a, generator)), model.encode(_model_input(model, b, generator))
+        z_a, z_b = model.encode(model.prepare_input(a, generator)), model.encode(model.prepare_input(b, generator))
         t = torch.linspace(0, 1, self.interpolation_steps, device=z_a.device).view(1, -1, 1)  # (1, T, 1)
         z = (1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)  # (P, T, d)
         decoded = model.decode(z.flatten(0, 1)).view(pairs, self.interpolation_steps, *a.shape[1:])

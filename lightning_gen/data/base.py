@@ -64,6 +64,7 @@ class SplitDataModule(pl.LightningDataModule):
         eval_batch_size: int | None = None,
     ):
         super().__init__()
+        self.save_hyperparameters()  # with the subclass's arguments: lets `evaluate` rebuild it from a checkpoint
         if not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if subset is not None and subset < 2:
@@ -123,3 +124,11 @@ class SplitDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False, batch_size=self.eval_batch_size)
+
+    def split_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
+        """The ``train``, ``val`` or ``test`` split in a fixed order (for evaluation)."""
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"unknown split {split!r}; choose train, val or test")
+        self.setup("test" if split == "test" else "fit")
+        dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
+        return self._loader(dataset, shuffle=False, batch_size=batch_size or self.eval_batch_size)

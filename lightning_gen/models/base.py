@@ -2,7 +2,8 @@
 
 - ``sample(n, generator=None)`` -> ``[n, *data_shape]`` images in [0, 1] (every model)
 - ``encode(x)`` -> latent codes, ``decode(z)`` -> images in [0, 1] (models with a latent space)
-- ``log_likelihood(x, ...)`` -> ``[N]`` nats per image (models with an explicit likelihood)
+- ``log_likelihood(x)`` -> ``[N]`` nats per image (models with an explicit likelihood), where ``x`` is
+  ``prepare_input(images)``: the data in the model's support (e.g. binarised for a Bernoulli decoder)
 
 Callbacks ask ``has_surface(model, "encode")`` rather than checking classes.
 """
@@ -17,7 +18,7 @@ import lightning.pytorch as pl
 import torch
 from torch import Tensor
 
-from lightning_gen.checkpoints import MODEL_CLASS_KEY, check_model_class, class_path, read_checkpoint
+from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, class_path, read_checkpoint
 
 
 def has_surface(model: Any, name: str) -> bool:
@@ -38,12 +39,20 @@ class GenerativeModule(pl.LightningModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
+    def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Images in [0, 1] -> what ``encode`` and ``log_likelihood`` take (identity unless overridden)."""
+        return images
+
     @property
     def num_dims(self) -> int:
         return math.prod(self.data_shape)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[MODEL_CLASS_KEY] = class_path(type(self))
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        if datamodule is not None and getattr(datamodule, "hparams", None) is not None:
+            init_args = {k: v for k, v in datamodule.hparams.items() if not k.startswith("_")}
+            checkpoint[DATAMODULE_KEY] = {"class_path": class_path(type(datamodule)), "init_args": init_args}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # runs before the state dict is loaded, both for `fit --ckpt_path` and `load_from_checkpoint`

@@ -1,0 +1,81 @@
+"""Evaluation during training, the same for every model: ``val/<metric>`` from the metric registry."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+
+from lightning_gen.metrics.registry import (
+    SAMPLE_METRICS,
+    EvaluationSettings,
+    check_model_supports,
+    evaluate_model,
+    parse_metric_names,
+)
+
+
+class EvaluationCallback(pl.Callback):
+    """Every ``every_n_epochs`` validation epochs, compute ``metrics`` with ``evaluate_model`` and log
+    them as ``val/<name>`` (e.g. ``val/fid_fmnist_clf``); append each result with its protocol to
+    ``<run folder>/evaluation.jsonl``.
+
+    Samples come from ``model.sample(n, generator)`` with one generator per process, so under DDP no two
+    processes draw the same samples; real images come from the ``real_split`` (default: validation,
+    so model selection never sees the test set), their features cached on disk.
+
+    Args:
+        metrics: names from ``lightning_gen.metrics.METRIC_NAMES``.
+        every_n_epochs: evaluate after every n-th validation epoch (and never during the sanity check).
+        num_samples: generated samples per evaluation (over all processes).
+        real_split / max_real: the real images to compare with.
+        features / features_weights: feature extractor name or class path (default by data shape) and
+            an optional weights file.
+    """
+
+    def __init__(
+        self,
+        metrics: list[str] = list(SAMPLE_METRICS),
+        every_n_epochs: int = 1,
+        num_samples: int = 5000,
+        real_split: str = "val",
+        max_real: int | None = None,
+        features: str | None = None,
+        features_weights: str | None = None,
+        seed: int = 0,
+        batch_size: int = 500,
+        cache_dir: str | None = None,
+    ):
+        super().__init__()
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        self.metrics = parse_metric_names(metrics)
+        self.every_n_epochs = every_n_epochs
+        self.settings = EvaluationSettings(
+            metrics=self.metrics, num_samples=num_samples, split=real_split, max_real=max_real, features=features,
+            features_weights=features_weights, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
+        )
+        self.seconds_spent = 0.0
+
+    def setup(self, trainer, pl_module, stage):
+        check_model_supports(pl_module, self.metrics)  # a GAN asked for nll_bpd fails here, not hours later
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        start = time.perf_counter()
+        settings = EvaluationSettings(**{**self.settings.__dict__, "progress": trainer.is_global_zero and bool(trainer.progress_bar_callback)})
+        results = evaluate_model(pl_module, trainer.datamodule, settings, pl_module.device)
+        for result in results:
+            # every process computed the same synced value, so no further reduction is needed
+            pl_module.log(f"val/{result.name}", result.value, sync_dist=False, rank_zero_only=False)
+        self.seconds_spent += time.perf_counter() - start
+        if trainer.is_global_zero:
+            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            with open(folder / "evaluation.jsonl", "a") as log:
+                for result in results:
+                    record = {"epoch": trainer.current_epoch, "step": trainer.global_step, **result.to_dict()}
+                    log.write(json.dumps(record) + "\n")

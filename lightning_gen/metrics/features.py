@@ -1,0 +1,211 @@
+"""Feature extractors for sample-quality metrics (FID, KID, precision/recall), pluggable by name or
+class path. Every extractor takes images ``[N, C, H, W]`` in [0, 1] (the project's pixel convention)
+and returns features ``[N, D]``; its ``name``, ``weights_sha256`` and ``resize_rule`` go into the
+protocol recorded next to every number.
+
+- ``inception``: Inception-v3 pool features (2048-d), torch-fidelity's port of the TensorFlow FID
+  network through torchmetrics. Resize rule: images are quantised to 8 bits, grayscale repeated to
+  3 channels, and resized to 299x299 with TensorFlow-1-compatible bilinear interpolation (no
+  antialiasing), as in the reference FID implementation.
+- ``fmnist_clf``: a small classifier trained on Fashion-MNIST by this repository (128-d penultimate
+  features, weights committed with their hash). The default for 28x28 grayscale data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lightning_gen.data.pixels import to_uint8_levels
+from lightning_gen.errors import LightningGenError
+from lightning_gen.metrics.classifier import FEATURE_DIM, SmallImageClassifier
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+INCEPTION_ENV = "LIGHTNING_GEN_INCEPTION_WEIGHTS"
+
+
+class FeatureError(LightningGenError):
+    """A feature extractor cannot be built: unknown name, missing or wrong weights, unsupported images."""
+
+
+@lru_cache(maxsize=None)
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class FeatureExtractor(nn.Module):
+    """Base: frozen, always in eval mode. ``num_features`` is read by torchmetrics."""
+
+    name: str
+    num_features: int
+    weights_sha256: str
+    resize_rule: str
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        return super().train(False)
+
+    def protocol(self) -> dict:
+        return {"features": self.name, "feature_dim": self.num_features, "weights_sha256": self.weights_sha256,
+                "resize": self.resize_rule}
+
+
+class ClassifierFeatures(FeatureExtractor):
+    """128-d penultimate features of ``SmallImageClassifier`` trained on Fashion-MNIST."""
+
+    name = "fmnist_clf"
+    num_features = FEATURE_DIM
+    resize_rule = "none: 1x28x28 images in [0, 1] only"
+
+    def __init__(self, weights_path: str | None = None):
+        super().__init__()
+        weights = Path(weights_path) if weights_path else WEIGHTS_DIR / "fmnist_classifier.pt"
+        record_path = weights.with_suffix(".json")
+        if not weights.is_file():
+            raise FeatureError(
+                f"classifier weights {weights} not found; train them with "
+                "`python -m lightning_gen.metrics.train_classifier`"
+            )
+        self.weights_sha256 = file_sha256(str(weights))
+        if record_path.is_file():
+            recorded = json.loads(record_path.read_text())["sha256"]
+            if recorded != self.weights_sha256:
+                raise FeatureError(
+                    f"{weights} has SHA-256 {self.weights_sha256[:12]}… but {record_path} records "
+                    f"{recorded[:12]}…; restore the committed weights or retrain them"
+                )
+        self.net = SmallImageClassifier()
+        self.net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[1:] != (1, 28, 28):
+            raise FeatureError(
+                f"fmnist_clf features need 1x28x28 images, got {tuple(images.shape[1:])}; use features: inception"
+            )
+        return self.net.features(images.float())
+
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
+_INCEPTION_KEYS = ("Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight", "fc.weight")
+
+
+def resolve_inception_weights(weights_path: str | None) -> Path:
+    """The Inception weights file: ``weights_path``, else ``$LIGHTNING_GEN_INCEPTION_WEIGHTS``, else the
+    torch hub cache, else a download into that cache. Raises ``FeatureError`` saying what to do."""
+    explicit = weights_path or os.environ.get(INCEPTION_ENV)
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise FeatureError(f"Inception weights {path} do not exist. {_inception_fix()}")
+        return path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+    if cached.is_file():
+        return cached
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(INCEPTION_URL, str(cached), progress=True)
+    except Exception as error:  # offline, proxy, disk: the fix is the same
+        raise FeatureError(f"cannot download the Inception weights ({error}). {_inception_fix()}") from error
+    return cached
+
+
+def _inception_fix() -> str:
+    return (
+        f"Download {INCEPTION_URL} on a machine with internet and either pass its path "
+        f"(`features_weights: /path/{INCEPTION_FILE}`) or set ${INCEPTION_ENV} to it, or put it in "
+        f"{Path(torch.hub.get_dir()) / 'checkpoints'}/."
+    )
+
+
+def _check_inception_state_dict(path: Path) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise FeatureError(f"Inception weights {path} cannot be read ({type(error).__name__}). {_inception_fix()}")
+    missing = [key for key in _INCEPTION_KEYS if key not in state]
+    if missing or tuple(state["fc.weight"].shape) != (1008, 2048):
+        raise FeatureError(
+            f"{path} does not hold the FID Inception-v3 network (missing {missing or 'the 1008-way fc layer'}). "
+            f"{_inception_fix()}"
+        )
+
+
+class InceptionFeatures(FeatureExtractor):
+    """Inception-v3 features as in the reference FID (torch-fidelity's network via torchmetrics)."""
+
+    name = "inception"
+    resize_rule = "uint8, gray->RGB, 299x299 TF1-compatible bilinear (no antialias)"
+
+    def __init__(self, weights_path: str | None = None, feature_layer: int = 2048):
+        super().__init__()
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        path = resolve_inception_weights(weights_path)
+        _check_inception_state_dict(path)
+        self.weights_sha256 = file_sha256(str(path))
+        self.num_features = feature_layer
+        self.net = NoTrainInceptionV3(
+            name="inception-v3-compat",
+            features_list=[str(feature_layer)],
+            feature_extractor_weights_path=str(path),
+            antialias=False,
+        )
+        if feature_layer != 2048:
+            self.name = f"inception{feature_layer}"
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[1] not in (1, 3):
+            raise FeatureError(f"Inception features need 1 or 3 channels, got {images.shape[1]}")
+        levels = to_uint8_levels(images).to(torch.uint8)
+        if levels.shape[1] == 1:
+            levels = levels.expand(-1, 3, -1, -1)
+        return self.net(levels)
+
+
+FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {"inception": InceptionFeatures, "fmnist_clf": ClassifierFeatures}
+
+
+def default_features(data_shape: tuple[int, ...]) -> str:
+    """``fmnist_clf`` for 28x28 grayscale data (Fashion-MNIST, MNIST), ``inception`` otherwise."""
+    return "fmnist_clf" if tuple(data_shape) == (1, 28, 28) else "inception"
+
+
+def feature_extractor_class(name: str) -> type[FeatureExtractor]:
+    if name in FEATURE_EXTRACTORS:
+        return FEATURE_EXTRACTORS[name]
+    if "." in name:
+        module, _, attribute = name.rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as error:
+            raise FeatureError(f"cannot import feature extractor {name!r}: {error}") from error
+        if isinstance(cls, type) and issubclass(cls, FeatureExtractor):
+            return cls
+        raise FeatureError(f"{name} is not a lightning_gen.metrics.features.FeatureExtractor subclass")
+    raise FeatureError(f"unknown features {name!r}; choose one of {sorted(FEATURE_EXTRACTORS)} or a class path")
+
+
+_BUILT: dict[tuple, FeatureExtractor] = {}
+
+
+def build_feature_extractor(name: str, weights_path: str | None = None, device: torch.device | str = "cpu") -> FeatureExtractor:
+    """The extractor ``name`` on ``device``, built once per (name, weights, device) and then reused,
+    so evaluation keeps it out of the model and its checkpoints."""
+    key = (name, weights_path, str(device))
+    if key not in _BUILT:
+        cls = feature_extractor_class(name)
+        _BUILT[key] = (cls(weights_path) if weights_path else cls()).to(device)
+    return _BUILT[key]

@@ -1,0 +1,57 @@
+"""EvaluationCallback logs the registry's metrics the same way for every model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+from lightning.pytorch.loggers import CSVLogger
+
+from lightning_gen.callbacks import EvaluationCallback
+from lightning_gen.data import FashionMNISTDataModule
+from lightning_gen.metrics import MetricError
+from lightning_gen.models import VAE
+
+from test_pictures import SampleOnlyModel
+
+
+def _trainer(tmp_path, callback, **kwargs):
+    return pl.Trainer(max_epochs=2, logger=CSVLogger(tmp_path), callbacks=[callback], enable_progress_bar=False,
+                      enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def test_vae_gets_sample_and_likelihood_metrics_with_protocols(fmnist_dir, tmp_path):
+    pl.seed_everything(0)
+    data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=1200, batch_size=64)
+    model = VAE(data_shape=(1, 28, 28), latent_dim=8, channels=8, hidden=64, test_importance_samples=4)
+    callback = EvaluationCallback(metrics=["fid", "kid", "precision_recall", "nll_bpd", "elbo"], num_samples=300,
+                                  cache_dir=str(tmp_path / "cache"), every_n_epochs=1)
+    trainer = _trainer(tmp_path, callback)
+    trainer.fit(model, datamodule=data)
+    metrics = trainer.callback_metrics
+    for name in ("fid_fmnist_clf", "kid_fmnist_clf", "precision_fmnist_clf", "recall_fmnist_clf", "nll_bpd", "elbo"):
+        assert f"val/{name}" in metrics
+    assert 0 <= float(metrics["val/precision_fmnist_clf"]) <= 1 and float(metrics["val/fid_fmnist_clf"]) > 0
+    assert 0 < float(metrics["val/nll_bpd"]) < 8
+    records = [json.loads(line) for line in (Path(trainer.log_dir) / "evaluation.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records].count(0) == 6 and [r["epoch"] for r in records].count(1) == 6
+    fid = next(r for r in records if r["name"] == "fid_fmnist_clf")
+    assert fid["protocol"]["real_split"] == "val" and fid["protocol"]["num_generated"] == 300
+    assert fid["protocol"]["num_real"] == 120 and len(fid["protocol"]["weights_sha256"]) == 64
+    assert callback.seconds_spent > 0
+
+
+def test_a_model_without_likelihood_is_refused_before_training(tmp_path, fmnist_dir):
+    callback = EvaluationCallback(metrics=["fid", "nll_bpd"], num_samples=10)
+    trainer = _trainer(tmp_path, callback)
+    data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=64, batch_size=16)
+    with pytest.raises(MetricError, match="nll_bpd needs an explicit likelihood"):
+        trainer.fit(SampleOnlyModel(), datamodule=data)
+    assert trainer.global_step == 0
+
+
+def test_unknown_metric_names_fail_at_construction():
+    with pytest.raises(MetricError, match="fidd"):
+        EvaluationCallback(metrics=["fidd"])
