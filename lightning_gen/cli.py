@@ -126,6 +126,10 @@ def run_summary(trainer, metrics: dict[str, float]) -> str:
             lines.append(f"  metrics:     {folder / name}")
     if (folder / "images").is_dir():
         lines.append(f"  pictures:    {folder / 'images'} ({len(list((folder / 'images').glob('*.png')))} PNG)")
+    for callback in trainer.callbacks:
+        share = callback.share_of_fit_time() if hasattr(callback, "share_of_fit_time") else None
+        if share is not None:
+            lines.append(f"  evaluation:  {callback.seconds_spent:.1f} s, {100 * share:.1f}% of the fit time")
     shown = {k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))}
     if shown:
         lines.append("final metrics (nats per image unless _bpd = bits/dim):")

@@ -83,6 +83,7 @@ class LightningGenTrainer(Trainer):
         features_weights: str | None = None,
         seed: int = 0,
         batch_size: int = 500,
+        importance_samples: int | None = None,
     ) -> list[MetricResult]:
         """Evaluate a checkpoint with the metric registry; print a table, write metrics.json beside it.
 
@@ -97,6 +98,8 @@ class LightningGenTrainer(Trainer):
             features_weights: weights file for the feature extractor (e.g. Inception offline).
             seed: seed of the sample generator (and of KID's subsets).
             batch_size: images per sampling / feature batch.
+            importance_samples: k of the IWAE bound behind nll_bpd (latent-variable models; default: the
+                model's ``test_importance_samples``).
         """
         _load_weights(model, ckpt_path, "evaluate")
         if datamodule is None:
@@ -107,7 +110,7 @@ class LightningGenTrainer(Trainer):
             names = parse_metric_names(metrics)
         settings = EvaluationSettings(metrics=names, num_samples=num_samples, split=split, max_real=max_real,
                                       features=features, features_weights=features_weights, seed=seed,
-                                      batch_size=batch_size)
+                                      batch_size=batch_size, importance_samples=importance_samples)
         model.to(self.strategy.root_device)
         results = evaluate_model(model, datamodule, settings, self.strategy.root_device)
         path = write_metrics_json(ckpt_path, results, settings)

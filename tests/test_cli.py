@@ -206,7 +206,7 @@ def test_evaluate_needs_only_a_checkpoint_and_writes_metrics_json(trained_run, m
     ckpt = _run_folders(trained_run)[0] / "checkpoints" / "last.ckpt"
     before = ckpt.read_bytes()
     main(["evaluate", "--ckpt_path", str(ckpt), "--metrics", "fid,precision_recall,nll_bpd",
-          "--num_samples", "300", "--max_real", "300", "--trainer.enable_progress_bar", "false"])
+          "--num_samples", "300", "--max_real", "300", "--importance_samples", "3"])
     printed = capsys.readouterr().out
     assert "fid_fmnist_clf" in printed and "nll_bpd" in printed and "metrics.json" in printed
     record = json.loads((ckpt.parent / "metrics.json").read_text())["last.ckpt"]
@@ -215,6 +215,7 @@ def test_evaluate_needs_only_a_checkpoint_and_writes_metrics_json(trained_run, m
     assert by_name["fid_fmnist_clf"]["protocol"]["real_split"] == "test"
     assert by_name["fid_fmnist_clf"]["protocol"]["num_real"] == 300
     assert by_name["nll_bpd"]["protocol"]["estimator"] == "IWAE bound" and 0 < by_name["nll_bpd"]["value"] < 8
+    assert by_name["nll_bpd"]["protocol"]["importance_samples"] == 3
     assert ckpt.read_bytes() == before
 
 

@@ -148,5 +148,7 @@ def test_metric_errors_name_the_problem(fmnist):
         evaluate_model(implicit, data, EvaluationSettings(metrics=["inception_score"]), "cpu")
     with pytest.raises(MetricError, match="nll_bpd needs an explicit likelihood.*implicitly"):
         evaluate_model(implicit, data, EvaluationSettings(metrics=["fid", "nll_bpd"]), "cpu")
+    with pytest.raises(MetricError, match="importance_samples applies to latent-variable models"):
+        evaluate_model(UniformModel(), data, EvaluationSettings(metrics=["nll_bpd"], importance_samples=5), "cpu")
     with pytest.raises(MetricError, match="num_samples"):
         evaluate_model(implicit, data, EvaluationSettings(metrics=["fid"], num_samples=1), "cpu")

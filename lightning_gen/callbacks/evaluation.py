@@ -58,9 +58,19 @@ class EvaluationCallback(pl.Callback):
             features_weights=features_weights, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
         )
         self.seconds_spent = 0.0
+        self._fit_started: float | None = None
 
     def setup(self, trainer, pl_module, stage):
         check_model_supports(pl_module, self.metrics)  # a GAN asked for nll_bpd fails here, not hours later
+
+    def on_fit_start(self, trainer, pl_module):
+        self._fit_started = time.perf_counter()
+
+    def share_of_fit_time(self) -> float | None:
+        """Seconds spent evaluating / seconds since ``fit`` started."""
+        if self._fit_started is None:
+            return None
+        return self.seconds_spent / max(time.perf_counter() - self._fit_started, 1e-9)
 
     def on_validation_epoch_end(self, trainer, pl_module):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:

@@ -20,6 +20,7 @@ extracted once (float64 sums), and all states reduce across processes, so DDP sy
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -74,6 +75,7 @@ class EvaluationSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
+    importance_samples: int | None = None  # k of the IWAE bound for latent-variable models (None: the model's own)
     cache_dir: str | None = None
     progress: bool = True
 
@@ -197,6 +199,12 @@ def _sample_metrics(model, datamodule, settings: EvaluationSettings, wanted: lis
 @torch.no_grad()
 def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted: list[str], device) -> list[MetricResult]:
     rank, world = _rank_and_world()
+    likelihood_kwargs = {}
+    if settings.importance_samples is not None:
+        if "k" not in inspect.signature(model.log_likelihood).parameters:
+            raise MetricError(f"importance_samples applies to latent-variable models; {type(model).__name__}'s "
+                              "likelihood takes no importance samples")
+        likelihood_kwargs["k"] = settings.importance_samples
     # float64 sums of ~1e3-nat terms (set_dtype after .to(): .to() resets a metric's dtype)
     nll, elbo = (MeanMetric().to(device).set_dtype(torch.float64) for _ in range(2))
     count = torch.zeros((), device=device)
@@ -215,7 +223,7 @@ def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted:
         x = model.prepare_input(images.to(device), generator)
         count += len(x)
         if "nll_bpd" in wanted:
-            nll.update(-model.log_likelihood(x).double())
+            nll.update(-model.log_likelihood(x, **likelihood_kwargs).double())
         if "elbo" in wanted:
             log_px_z, kl = model.elbo_terms(x, generator)
             elbo.update((log_px_z - kl).double())
@@ -223,6 +231,8 @@ def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted:
         dist.all_reduce(count)
     protocol = {"split": settings.split, "num_images": int(count.item()), "seed": settings.seed,
                 **(model.likelihood_protocol() if has_surface(model, "likelihood_protocol") else {})}
+    if "k" in likelihood_kwargs:
+        protocol["importance_samples"] = likelihood_kwargs["k"]
     results = []
     if "nll_bpd" in wanted:
         nats = float(nll.compute())
@@ -246,14 +256,22 @@ def evaluate_model(model, datamodule, settings: EvaluationSettings, device: torc
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
-    try:
-        results = []
-        sample_wanted = [m for m in metrics if m in SAMPLE_METRICS]
-        if sample_wanted:
-            results += _sample_metrics(model, datamodule, settings, sample_wanted, device)
-        likelihood_wanted = [m for m in metrics if m in LIKELIHOOD_METRICS]
-        if likelihood_wanted:
-            results += _likelihood_metrics(model, datamodule, settings, likelihood_wanted, device)
-        return results
-    finally:
-        model.train(was_training)
+    # evaluation draws from its own generators; forking keeps it from moving the global RNG streams
+    # (data loaders take seeds from them), so training is the same with or without evaluation
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        try:
+            return _evaluate(model, datamodule, settings, metrics, device)
+        finally:
+            model.train(was_training)
+
+
+def _evaluate(model, datamodule, settings: EvaluationSettings, metrics: list[str], device) -> list[MetricResult]:
+    results = []
+    sample_wanted = [m for m in metrics if m in SAMPLE_METRICS]
+    if sample_wanted:
+        results += _sample_metrics(model, datamodule, settings, sample_wanted, device)
+    likelihood_wanted = [m for m in metrics if m in LIKELIHOOD_METRICS]
+    if likelihood_wanted:
+        results += _likelihood_metrics(model, datamodule, settings, likelihood_wanted, device)
+    return results
