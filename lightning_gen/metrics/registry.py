@@ -37,7 +37,7 @@ from tqdm import tqdm
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.features import build_feature_extractor, default_features
 from lightning_gen.metrics.precision_recall import PrecisionRecall
-from lightning_gen.metrics.real_features import cached_real_features, dataset_identity
+from lightning_gen.metrics.real_features import cached_real_features
 from lightning_gen.models.base import has_surface
 
 SAMPLE_METRICS = ("fid", "kid", "precision_recall")
@@ -138,40 +138,46 @@ def _sample_metrics(model, datamodule, settings: EvaluationSettings, wanted: lis
     computed = {"fid": fid, "kid": kid, "precision_recall": precision_recall}
     used = [computed[name] for name in wanted]
 
-    real_protocol = {}
-    num_real = torch.zeros((), device=device)
-    if rank == 0:  # real features enter on one rank only: the synced sums then equal the single-process ones
+    # Real features: process 0 computes (or reads from the cache) and broadcasts them; each process then
+    # feeds a contiguous share, so every metric state is filled on every process (an empty list state
+    # is skipped by torchmetrics' sync and would desynchronise the processes) and the gathered order
+    # equals the single-process order.
+    if rank == 0:
         real, key, _ = cached_real_features(datamodule, settings.split, extractor, settings.max_real,
                                             settings.cache_dir, device, settings.progress)
-        for start in range(0, len(real), settings.batch_size):
-            chunk = real[start : start + settings.batch_size].to(device, torch.float64)
-            for metric in used:
-                metric.update(chunk, real=True)
-        num_real += len(real)
-        real_protocol = {"dataset": key["dataset"], "split": key["split"]}
+        payload = [real.cpu(), key]
+    else:
+        payload = [None, None]
     if world > 1:
-        dist.all_reduce(num_real)
-    real_protocol = real_protocol or dataset_identity(datamodule, settings.split, settings.max_real)
+        dist.broadcast_object_list(payload, src=0)
+    real, key = payload
+    start = sum(samples_per_rank(len(real), r, world) for r in range(rank))
+    share = real[start : start + samples_per_rank(len(real), rank, world)]
+    # One update per kind and process: torchmetrics gathers a list state element by element, so equal
+    # update counts on every process are what keeps KID's gathered order (and the collectives) aligned.
+    for metric in used:
+        metric.update(share.to(device, torch.float64), real=True)
 
     # a generator per rank: every process draws different samples, reproducibly from the seed
     generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + rank)
     todo = samples_per_rank(settings.num_samples, rank, world)
+    fake = []
     with tqdm(total=todo, desc=f"sampling for {'/'.join(wanted)}", disable=not settings.progress or rank,
               leave=False) as bar:
         while todo > 0:
             n = min(settings.batch_size, todo)
             images = model.sample(n, generator=generator)
-            features = extractor(images.to(device)).double()
-            for metric in used:
-                metric.update(features, real=False)
+            fake.append(extractor(images.to(device)).double())
             todo -= n
             bar.update(n)
+    for metric in used:
+        metric.update(torch.cat(fake), real=False)
 
     protocol = {
         **extractor.protocol(),
-        "real_dataset": real_protocol.get("dataset"),
+        "real_dataset": key["dataset"],
         "real_split": settings.split,
-        "num_real": int(num_real.item()),
+        "num_real": len(real),
         "num_generated": settings.num_samples,
         "sample_seed": settings.seed,
     }
@@ -180,7 +186,7 @@ def _sample_metrics(model, datamodule, settings: EvaluationSettings, wanted: lis
     if "fid" in wanted:
         results.append(MetricResult(f"fid_{suffix}", float(fid.compute()), protocol))
     if "kid" in wanted:
-        subset_size = min(settings.kid_subset_size, int(num_real.item()), settings.num_samples)
+        subset_size = min(settings.kid_subset_size, len(real), settings.num_samples)
         kid.subset_size = subset_size
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)  # KID draws its subsets from the global generator
@@ -219,6 +225,9 @@ def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted:
         seen += len(images)
         if index % world != rank:  # each process takes every world-th batch
             continue
+        # every random draw of this batch (binarisation, importance samples) depends only on (seed, batch),
+        # so the result is the same whatever the number of processes
+        torch.manual_seed(settings.seed + index)
         generator = torch.Generator(device=device).manual_seed(settings.seed + index)
         x = model.prepare_input(images.to(device), generator)
         count += len(x)
@@ -251,8 +260,10 @@ def evaluate_model(model, datamodule, settings: EvaluationSettings, device: torc
     """
     metrics = parse_metric_names(settings.metrics)
     check_model_supports(model, metrics)
-    if settings.num_samples < 2 and any(m in SAMPLE_METRICS for m in metrics):
-        raise MetricError(f"num_samples must be at least 2 for {', '.join(SAMPLE_METRICS)}, got {settings.num_samples}")
+    _, world = _rank_and_world()
+    if settings.num_samples < max(2, world) and any(m in SAMPLE_METRICS for m in metrics):
+        raise MetricError(f"num_samples must be at least {max(2, world)} (2, and one per process) for "
+                          f"{', '.join(SAMPLE_METRICS)}, got {settings.num_samples}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
