@@ -12,3 +12,7 @@ class DatasetFileError(LightningGenError):
 
 class CheckpointError(LightningGenError):
     """A checkpoint cannot be used: missing, unreadable, or saved by another model class."""
+
+
+class DivergenceError(LightningGenError):
+    """Training produced a non-finite loss; the weights were not updated with it."""

@@ -11,6 +11,7 @@ Metrics (names as logged, with the feature extractor's name appended where featu
 | ``recall_<features>``   | ``sample``            | share of real images on the sample manifold, higher better |
 | ``nll_bpd``             | ``log_likelihood``    | bits per dimension, lower better                  |
 | ``elbo``                | ``elbo_terms``        | nats per image, higher better                     |
+| ``modes_covered``, ``high_quality_fraction`` (``mode_coverage``) | ``sample`` on a toy mixture | see ``mode_coverage.py`` |
 
 Every result carries its protocol (features and weights hash, real split and count, number of
 generated samples and their seed, estimator), so two numbers are compared only when protocols match.
@@ -36,13 +37,16 @@ from tqdm import tqdm
 
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.features import build_feature_extractor, default_features
+from lightning_gen.data.toy import mixture_means
+from lightning_gen.metrics.mode_coverage import coverage_from_counts, high_quality_counts
 from lightning_gen.metrics.precision_recall import PrecisionRecall
 from lightning_gen.metrics.real_features import cached_real_features
 from lightning_gen.models.base import has_surface
 
 SAMPLE_METRICS = ("fid", "kid", "precision_recall")
 LIKELIHOOD_METRICS = {"nll_bpd": "log_likelihood", "elbo": "elbo_terms"}
-METRIC_NAMES = SAMPLE_METRICS + tuple(LIKELIHOOD_METRICS)
+MIXTURE_METRICS = ("mode_coverage",)
+METRIC_NAMES = SAMPLE_METRICS + tuple(LIKELIHOOD_METRICS) + MIXTURE_METRICS
 
 
 class MetricError(LightningGenError):
@@ -92,7 +96,7 @@ def parse_metric_names(metrics: str | Sequence[str]) -> list[str]:
 def check_model_supports(model: nn.Module, metrics: Sequence[str]) -> None:
     """Raise if a metric needs a surface the model lacks (e.g. a likelihood from a GAN)."""
     for name in metrics:
-        if name in SAMPLE_METRICS and not has_surface(model, "sample"):
+        if name in SAMPLE_METRICS + MIXTURE_METRICS and not has_surface(model, "sample"):
             raise MetricError(f"{name} needs samples, but {type(model).__name__} has no `sample` method")
         needed = LIKELIHOOD_METRICS.get(name)
         if needed and not has_surface(model, needed):
@@ -277,8 +281,31 @@ def evaluate_model(model, datamodule, settings: EvaluationSettings, device: torc
             model.train(was_training)
 
 
+@torch.no_grad()
+def _mixture_metrics(model, datamodule, settings: EvaluationSettings, device) -> list[MetricResult]:
+    if not hasattr(datamodule, "mixture"):
+        raise MetricError("mode_coverage needs a toy mixture DataModule (ToyMixtureDataModule)")
+    rank, world = _rank_and_world()
+    means = mixture_means(datamodule.mixture)
+    generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + rank)
+    counts, todo = torch.zeros(len(means), device=device), samples_per_rank(settings.num_samples, rank, world)
+    while todo > 0:
+        n = min(settings.batch_size, todo)
+        counts += high_quality_counts(model.sample(n, generator=generator), means, datamodule.std)
+        todo -= n
+    if world > 1:
+        dist.all_reduce(counts)
+    protocol = {"mixture": datamodule.mixture, "std": datamodule.std, "num_generated": settings.num_samples,
+                "sample_seed": settings.seed, "high_quality": "within 3 std of the nearest mode",
+                "covered": "a mode with >= 20% of its fair share of high-quality samples"}
+    values = coverage_from_counts(counts.cpu(), settings.num_samples)
+    return [MetricResult(name, values[name], protocol) for name in ("modes_covered", "high_quality_fraction")]
+
+
 def _evaluate(model, datamodule, settings: EvaluationSettings, metrics: list[str], device) -> list[MetricResult]:
     results = []
+    if "mode_coverage" in metrics:
+        results += _mixture_metrics(model, datamodule, settings, device)
     sample_wanted = [m for m in metrics if m in SAMPLE_METRICS]
     if sample_wanted:
         results += _sample_metrics(model, datamodule, settings, sample_wanted, device)

@@ -105,6 +105,7 @@ class AE(_Autoencoder):
         nll, z = self._reconstruction_nll(x)
         self._accumulate_codes(z.detach())
         loss = nll.mean()
+        self.guard_finite(loss=loss)
         self.log_dict({"train/loss": loss, "train/recon": loss}, prog_bar=True)
         return loss
 
@@ -201,6 +202,7 @@ class VAE(_Autoencoder):
         log_px_z, kl = self.elbo_terms(x)
         weight = self.kl_weight()
         loss = (-log_px_z + weight * kl).mean()
+        self.guard_finite(loss=loss)
         self.log_dict(
             {"train/loss": loss, "train/recon": -log_px_z.mean(), "train/kl": kl.mean(), "train/kl_weight": weight},
             prog_bar=True,

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, class_path, read_checkpoint
+from lightning_gen.errors import DivergenceError
 
 
 def has_surface(model: Any, name: str) -> bool:
@@ -38,6 +39,26 @@ class GenerativeModule(pl.LightningModule):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
+
+    def guard_finite(self, **losses: Tensor) -> None:
+        """Stop training with a clear message on a non-finite loss, before it reaches the weights.
+
+        Raising here (not stepping) leaves weights, optimizer states and every checkpoint already
+        written untouched: the last good checkpoint stays the one to resume from.
+        """
+        bad = {name: float(value) for name, value in losses.items() if not torch.isfinite(value).all()}
+        if not bad:
+            return
+        trainer = self._trainer
+        where = f"epoch {trainer.current_epoch}, global step {trainer.global_step}" if trainer else "outside training"
+        last = ""
+        if trainer is not None and trainer.checkpoint_callback is not None:
+            last = trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path
+        raise DivergenceError(
+            f"training diverged: {', '.join(f'{k}={v}' for k, v in bad.items())} at {where}. "
+            + (f"The last good checkpoint is {last}; resume from it with --ckpt_path and " if last else "Try ")
+            + "lower learning rates, another objective, or gradient clipping."
+        )
 
     def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Images in [0, 1] -> what ``encode`` and ``log_likelihood`` take (identity unless overridden)."""

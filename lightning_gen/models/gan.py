@@ -1,0 +1,234 @@
+"""Generative adversarial networks with manual optimisation (Goodfellow et al. 2014).
+
+Each training batch runs ``n_disc_steps`` discriminator updates, then ``n_gen_steps`` generator
+updates, each player with its own optimizer (and optional scheduler). The objective is chosen by name
+(``lightning_gen.losses.gan``); the Wasserstein critic gets the gradient penalty, and any objective can
+add R1 on real data and spectral normalisation in D. An exponential moving average of the generator's
+weights (``generator_ema``) is what ``sample`` uses.
+
+Step counting: Lightning's ``trainer.global_step`` counts optimizer steps, so one batch advances it by
+``n_disc_steps + n_gen_steps``. Budget GAN runs in epochs (``trainer.max_epochs``), like every other
+model; loggers plot against batches seen, the same x-axis for every model.
+
+Exact resume: checkpoints hold G, D, EMA-G, both optimizers and schedulers, the loop counters, the
+latent generator's state and the global torch RNG state (which orders the data), so a run resumed at
+an epoch boundary continues bit for bit as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor
+
+from lightning_gen.data.pixels import from_signed, to_signed
+from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_value, r1_penalty
+from lightning_gen.models.base import GenerativeModule
+from lightning_gen.nets.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+
+RNG_KEY = "lightning_gen_rng"
+
+
+def _adam_for_gans(params):
+    """Adam(lr=2e-4, betas=(0.5, 0.999)), the DCGAN setting (Radford et al. 2016)."""
+    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+
+
+def total_grad_norm(parameters) -> Tensor:
+    grads = [p.grad.detach().flatten() for p in parameters if p.grad is not None]
+    return torch.cat(grads).norm() if grads else torch.zeros(())
+
+
+class GAN(GenerativeModule):
+    """A GAN on images (DCGAN nets) or on low-dimensional points (MLP nets), chosen by ``data_shape``.
+
+    Args:
+        objective: minimax, non_saturating, hinge, least_squares or wasserstein (adds the gradient penalty).
+        n_disc_steps / n_gen_steps: discriminator and generator updates per batch (e.g. 5:1 for WGAN-GP).
+        gp_weight: lambda of the WGAN gradient penalty (used by ``wasserstein``).
+        r1_gamma: weight of the R1 penalty on real data (0: off).
+        spectral_norm: spectral normalisation on every D layer.
+        ema_decay: decay of the generator EMA used for sampling (0: sample from G itself).
+        generator_optimizer / discriminator_optimizer: default Adam(lr=2e-4, betas=(0.5, 0.999)).
+        generator_scheduler / discriminator_scheduler: optional, stepped once per epoch.
+        width / hidden: network sizes (conv channels for images, MLP width for points).
+    """
+
+    automatic_optimization = False
+
+    def __init__(
+        self,
+        data_shape: tuple[int, ...] = (1, 28, 28),
+        latent_dim: int = 64,
+        objective: str = "non_saturating",
+        n_disc_steps: int = 1,
+        n_gen_steps: int = 1,
+        gp_weight: float = 10.0,
+        r1_gamma: float = 0.0,
+        spectral_norm: bool = False,
+        ema_decay: float = 0.999,
+        width: int = 64,
+        hidden: int = 128,
+        generator_optimizer: OptimizerCallable | None = None,
+        discriminator_optimizer: OptimizerCallable | None = None,
+        generator_scheduler: LRSchedulerCallable | None = None,
+        discriminator_scheduler: LRSchedulerCallable | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=[
+            "generator_optimizer", "discriminator_optimizer", "generator_scheduler", "discriminator_scheduler"])
+        if n_disc_steps < 1 or n_gen_steps < 1:
+            raise ValueError(f"n_disc_steps and n_gen_steps must be >= 1, got {n_disc_steps}:{n_gen_steps}")
+        if not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.data_shape = tuple(data_shape)
+        self.images = len(self.data_shape) == 3
+        self.latent_dim = latent_dim
+        self.objective = build_objective(objective)
+        self.n_disc_steps, self.n_gen_steps = n_disc_steps, n_gen_steps
+        self.gp_weight, self.r1_gamma, self.ema_decay = gp_weight, r1_gamma, ema_decay
+        if self.images:
+            self.generator = DCGANGenerator(self.data_shape, latent_dim, width)
+            self.discriminator = DCGANDiscriminator(self.data_shape, width, spectral_norm)
+        elif len(self.data_shape) == 1:
+            self.generator = MLPGenerator(self.data_shape[0], latent_dim, hidden)
+            self.discriminator = MLPDiscriminator(self.data_shape[0], hidden, spectral_norm=spectral_norm)
+        else:
+            raise ValueError(f"GAN needs images (C, H, W) or points (D,), got data shape {self.data_shape}")
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        self._optimizer_factories = (generator_optimizer or _adam_for_gans, discriminator_optimizer or _adam_for_gans)
+        self._scheduler_factories = (generator_scheduler, discriminator_scheduler)
+        self.latent_rng: torch.Generator | None = None  # created on the model's device at fit start
+
+    def train(self, mode: bool = True) -> "GAN":
+        super().train(mode)
+        self.generator_ema.eval()  # the EMA copy is never trained: its batch norm keeps running statistics
+        return self
+
+    # --- optimizers ----------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizers = [factory(module.parameters()) for factory, module in
+                      zip(self._optimizer_factories, (self.generator, self.discriminator))]
+        schedulers = [factory(opt) for factory, opt in zip(self._scheduler_factories, optimizers) if factory]
+        return optimizers, schedulers
+
+    def on_fit_start(self) -> None:
+        if self.latent_rng is None or self.latent_rng.device != self.device:
+            self.latent_rng = torch.Generator(device=self.device).manual_seed(torch.initial_seed() % 2**63)
+
+    # --- data ------------------------------------------------------------------------------------
+    def _to_model_space(self, batch) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return to_signed(x) if self.images else x
+
+    def _latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator or self.latent_rng, device=self.device)
+
+    # --- one training batch ----------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> None:
+        opt_g, opt_d = self.optimizers()
+        real = self._to_model_space(batch)
+        for _ in range(self.n_disc_steps):
+            self._discriminator_step(opt_d, real)
+        for _ in range(self.n_gen_steps):
+            self._generator_step(opt_g, len(real))
+
+    def _discriminator_step(self, opt_d, real: Tensor) -> None:
+        with torch.no_grad():
+            fake = self.generator(self._latents(len(real)))
+        with self.toggled_optimizer(opt_d):
+            real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
+            loss = self.objective.discriminator_loss(real_scores, fake_scores)
+            logs = {}
+            if getattr(self.objective, "needs_gradient_penalty", False):
+                penalty = gradient_penalty(self.discriminator, real, fake, self.latent_rng)
+                loss = loss + self.gp_weight * penalty
+                logs["train/gp"] = penalty
+            if self.r1_gamma > 0:
+                penalty = r1_penalty(self.discriminator, real)
+                loss = loss + self.r1_gamma * penalty
+                logs["train/r1"] = penalty
+            self.guard_finite(d_loss=loss)
+            opt_d.zero_grad()
+            self.manual_backward(loss)
+            logs["train/grad_norm_d"] = total_grad_norm(self.discriminator.parameters())
+            opt_d.step()
+        self.log_dict({
+            "train/d_loss": loss.detach(),
+            "train/value": minimax_value(real_scores.detach(), fake_scores.detach()),  # V(D, G)
+            "train/d_real": torch.sigmoid(real_scores.detach()).mean(),  # D(x)
+            "train/d_fake": torch.sigmoid(fake_scores.detach()).mean(),  # D(G(z))
+            "train/critic_gap": (real_scores.detach().mean() - fake_scores.detach().mean()),
+            **{k: v.detach() for k, v in logs.items()},
+        }, prog_bar=False)
+
+    def _generator_step(self, opt_g, n: int) -> None:
+        with self.toggled_optimizer(opt_g):
+            fake_scores = self.discriminator(self.generator(self._latents(n)))
+            loss = self.objective.generator_loss(fake_scores)
+            self.guard_finite(g_loss=loss)
+            opt_g.zero_grad()
+            self.manual_backward(loss)
+            grad_norm = total_grad_norm(self.generator.parameters())
+            opt_g.step()
+        self.update_ema()
+        self.log_dict({"train/g_loss": loss.detach(), "train/grad_norm_g": grad_norm}, prog_bar=True)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """ema <- decay * ema + (1 - decay) * G for parameters; buffers (batch-norm statistics) copied."""
+        ema_params, params = list(self.generator_ema.parameters()), list(self.generator.parameters())
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay)
+        for ema_buffer, buffer in zip(self.generator_ema.buffers(), self.generator.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def on_train_epoch_end(self) -> None:
+        for scheduler in self.lr_schedulers() if isinstance(self.lr_schedulers(), list) else [self.lr_schedulers()]:
+            if scheduler is not None:
+                scheduler.step()
+
+    # --- held-out batches: the game's value on data D was not trained on -----------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        real = self._to_model_space(batch)
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        fake = self.generator_ema(self._latents(len(real), generator))
+        real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
+        self.log_dict({"val/value": minimax_value(real_scores, fake_scores),
+                       "val/d_real": torch.sigmoid(real_scores).mean(),
+                       "val/d_fake": torch.sigmoid(fake_scores).mean()}, sync_dist=True)
+
+    # --- the common surface --------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """n samples of the EMA generator: images in [0, 1], or points for point data."""
+        was_training = self.generator_ema.training
+        self.generator_ema.eval()
+        z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
+        out = self.generator_ema(z)
+        self.generator_ema.train(was_training)
+        return from_signed(out) if self.images else out
+
+    # --- exact resume -----------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[RNG_KEY] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "latent": self.latent_rng.get_state() if self.latent_rng is not None else None,
+            "latent_device": str(self.latent_rng.device) if self.latent_rng is not None else None,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        states = checkpoint.get(RNG_KEY)
+        if not states or self._trainer is None:
+            return  # plain loading for sampling: leave the caller's RNG alone
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        if states["latent"] is not None:
+            self.latent_rng = torch.Generator(device=states["latent_device"])
+            self.latent_rng.set_state(states["latent"])
