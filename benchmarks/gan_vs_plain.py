@@ -6,7 +6,7 @@ Three runs, one after another on the same machine, each for `--minutes` of train
 1. plain: a training loop as a user writes it by hand (the same DCGAN nets, BCE, Adam 2e-4, beta1 0.5,
    batch 128, the same data loader), no EMA;
 2. lightning-gen with those identical settings (non-saturating BCE, no EMA, no R1): the throughput ratio;
-3. lightning-gen's default configs/gan_fmnist.yaml (EMA generator + R1).
+3. lightning-gen's default configs/gan_fmnist.yaml (hinge, spectral norm, EMA generator).
 Each is then judged by FID/precision/recall in the Fashion-MNIST classifier features, 10k samples
 vs the 10k test images.
 """

@@ -86,6 +86,9 @@ def test_discriminator_steps_per_generator_step_are_honoured():
 
 def test_ema_update_is_the_exponential_moving_average():
     model = GAN(data_shape=(2,), latent_dim=4, hidden=8, ema_decay=0.9)
+    assert model.ema_decay_now() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): follows G at first
+    model.ema_updates.fill_(1000)
+    assert model.ema_decay_now() == 0.9
     before = [p.clone() for p in model.generator_ema.parameters()]
     with torch.no_grad():
         for p in model.generator.parameters():

@@ -99,6 +99,7 @@ class GAN(GenerativeModule):
         else:
             raise ValueError(f"GAN needs images (C, H, W) or points (D,), got data shape {self.data_shape}")
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._optimizer_factories = (generator_optimizer or _adam_for_gans, discriminator_optimizer or _adam_for_gans)
         self._scheduler_factories = (generator_scheduler, discriminator_scheduler)
         self.latent_rng: torch.Generator | None = None  # created on the model's device at fit start
@@ -177,11 +178,18 @@ class GAN(GenerativeModule):
         self.update_ema()
         self.log_dict({"train/g_loss": loss.detach(), "train/grad_norm_g": grad_norm}, prog_bar=True)
 
+    def ema_decay_now(self) -> float:
+        """min(ema_decay, (1 + n) / (10 + n)) after n updates: the average follows G closely early on, when
+        its first weights are noise, and settles to ``ema_decay`` (TensorFlow's num_updates schedule)."""
+        n = float(self.ema_updates)
+        return min(self.ema_decay, (1 + n) / (10 + n))
+
     @torch.no_grad()
     def update_ema(self) -> None:
         """ema <- decay * ema + (1 - decay) * G for parameters; buffers (batch-norm statistics) copied."""
         ema_params, params = list(self.generator_ema.parameters()), list(self.generator.parameters())
-        torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay)
+        torch._foreach_lerp_(ema_params, params, 1.0 - self.ema_decay_now())
+        self.ema_updates += 1
         for ema_buffer, buffer in zip(self.generator_ema.buffers(), self.generator.buffers()):
             ema_buffer.copy_(buffer)
 
