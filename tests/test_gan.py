@@ -84,6 +84,20 @@ def test_discriminator_steps_per_generator_step_are_honoured():
     assert trainer.global_step == 28  # Lightning counts every optimizer step: 4 per batch
 
 
+def test_each_player_has_its_own_optimizer_and_scheduler():
+    pl.seed_everything(0)
+    halve = lambda optimizer: torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)  # noqa: E731
+    model = GAN(data_shape=(2,), latent_dim=4, hidden=16,
+                generator_optimizer=lambda p: torch.optim.SGD(p, lr=0.1),
+                discriminator_optimizer=lambda p: torch.optim.Adam(p, lr=0.4),
+                generator_scheduler=halve, discriminator_scheduler=halve)
+    trainer = _toy_trainer(max_epochs=2, limit_train_batches=3)
+    trainer.fit(model, datamodule=ToyMixtureDataModule(num_train=1000, batch_size=64))
+    opt_g, opt_d = (o.optimizer for o in model.optimizers())
+    assert isinstance(opt_g, torch.optim.SGD) and isinstance(opt_d, torch.optim.Adam)
+    assert opt_g.param_groups[0]["lr"] == pytest.approx(0.025) and opt_d.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
 def test_ema_update_is_the_exponential_moving_average():
     model = GAN(data_shape=(2,), latent_dim=4, hidden=8, ema_decay=0.9)
     assert model.ema_decay_now() == pytest.approx(0.1)  # (1 + 0) / (10 + 0): follows G at first

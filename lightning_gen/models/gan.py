@@ -194,7 +194,8 @@ class GAN(GenerativeModule):
             ema_buffer.copy_(buffer)
 
     def on_train_epoch_end(self) -> None:
-        for scheduler in self.lr_schedulers() if isinstance(self.lr_schedulers(), list) else [self.lr_schedulers()]:
+        schedulers = self.lr_schedulers()  # None, one scheduler, or a list (manual optimisation steps them)
+        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             if scheduler is not None:
                 scheduler.step()
 
