@@ -214,6 +214,7 @@ def test_evaluate_needs_only_a_checkpoint_and_writes_metrics_json(trained_run, m
     assert set(by_name) == {"fid_fmnist_clf", "precision_fmnist_clf", "recall_fmnist_clf", "nll_bpd"}
     assert by_name["fid_fmnist_clf"]["protocol"]["real_split"] == "test"
     assert by_name["fid_fmnist_clf"]["protocol"]["num_real"] == 300
+    assert by_name["fid_fmnist_clf"]["protocol"]["real_selection"]["subset"] == "600"  # recorded by the checkpoint
     assert by_name["nll_bpd"]["protocol"]["estimator"] == "IWAE bound" and 0 < by_name["nll_bpd"]["value"] < 8
     assert by_name["nll_bpd"]["protocol"]["importance_samples"] == 3
     assert ckpt.read_bytes() == before

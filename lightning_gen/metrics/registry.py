@@ -180,6 +180,7 @@ def _sample_metrics(model, datamodule, settings: EvaluationSettings, wanted: lis
     protocol = {
         **extractor.protocol(),
         "real_dataset": key["dataset"],
+        "real_selection": key["args"],  # data_dir, subset, split seed...: what chose the real images
         "real_split": settings.split,
         "num_real": len(real),
         "num_generated": settings.num_samples,
