@@ -112,6 +112,23 @@ def test_ema_update_is_the_exponential_moving_average():
         torch.testing.assert_close(new, 0.9 * old + 0.1 * current)
 
 
+def test_ema_batch_norm_statistics_are_re_estimated_for_the_averaged_weights():
+    model = GAN(data_shape=(1, 28, 28), latent_dim=8, width=8)
+    with torch.no_grad():
+        for p in model.generator_ema.parameters():
+            p.mul_(1.5)  # averaged weights that differ from G's
+    model.sample(2)
+    seeded = torch.Generator().manual_seed(0)
+    latents = torch.cat([torch.randn(256, 8, generator=seeded) for _ in range(10)])
+    with torch.no_grad():
+        pre_norm = model.generator_ema.net[0](latents)  # the first Linear, before its BatchNorm1d
+    batch_norm = model.generator_ema.net[1]
+    torch.testing.assert_close(batch_norm.running_mean, pre_norm.mean(0), rtol=1e-4, atol=1e-5)
+    per_batch_variance = torch.stack([chunk.var(0) for chunk in pre_norm.split(256)]).mean(0)  # BN's estimate
+    torch.testing.assert_close(batch_norm.running_var, per_batch_variance, rtol=1e-4, atol=1e-5)
+    assert not model.generator_ema.training
+
+
 def _state(model: GAN, trainer: pl.Trainer) -> dict[str, torch.Tensor]:
     state = {f"model.{k}": v.clone() for k, v in model.state_dict().items()}
     for name, optimizer in zip(("g", "d"), trainer.optimizers):
