@@ -107,7 +107,7 @@ class GAN(GenerativeModule):
 
     def train(self, mode: bool = True) -> "GAN":
         super().train(mode)
-        self.generator_ema.eval()  # the EMA copy is never trained: its batch norm keeps running statistics
+        self.generator_ema.eval()  # never trained; its batch-norm statistics come from calibrate_ema_batch_norm
         return self
 
     # --- optimizers ----------------------------------------------------------------------------
@@ -119,7 +119,9 @@ class GAN(GenerativeModule):
 
     def on_fit_start(self) -> None:
         if self.latent_rng is None or self.latent_rng.device != self.device:
-            self.latent_rng = torch.Generator(device=self.device).manual_seed(torch.initial_seed() % 2**63)
+            # seed_everything gives every process the same seed; the rank makes each draw its own latents
+            seed = (torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63
+            self.latent_rng = torch.Generator(device=self.device).manual_seed(seed)
 
     # --- data ------------------------------------------------------------------------------------
     def _to_model_space(self, batch) -> Tensor:
