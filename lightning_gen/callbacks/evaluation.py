@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -76,7 +77,7 @@ class EvaluationCallback(pl.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         start = time.perf_counter()
-        settings = EvaluationSettings(**{**self.settings.__dict__, "progress": trainer.is_global_zero and bool(trainer.progress_bar_callback)})
+        settings = replace(self.settings, progress=trainer.is_global_zero and bool(trainer.progress_bar_callback))
         results = evaluate_model(pl_module, trainer.datamodule, settings, pl_module.device)
         for result in results:
             # every process computed the same synced value, so no further reduction is needed

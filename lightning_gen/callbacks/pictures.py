@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from lightning_gen.data.base import batch_images
 from lightning_gen.models.base import has_surface
 
 
@@ -71,7 +72,7 @@ class PictureLogger(pl.Callback):
 
     def _keep_first_batch(self, batch, batch_idx: int, dataloader_idx: int) -> None:
         if batch_idx == 0 and dataloader_idx == 0:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            x = batch_images(batch)
             self._held_out = x[: max(self.num_reconstructions, 2 * self.num_interpolations)].detach()
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):

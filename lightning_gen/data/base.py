@@ -16,6 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 
+def batch_images(batch) -> torch.Tensor:
+    """The images of a DataModule batch: ``(images, labels)`` pairs, or bare image tensors."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
 class TensorImages(Dataset):
     """In-memory uint8 images ``[N, C, H, W]`` and labels; items are float images in [0, 1]."""
 

@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from lightning_gen.checkpoints import class_path
+from lightning_gen.data.base import batch_images
 from lightning_gen.metrics.features import FeatureExtractor
 
 _SELECTION_ARGS = ("data_dir", "subset", "split_seed", "val_fraction", "test_fraction", "image_size", "grayscale",
@@ -48,7 +49,7 @@ def extract_real_features(datamodule, split: str, extractor: FeatureExtractor, m
     total = min(len(loader.dataset), max_real or len(loader.dataset))
     with tqdm(total=total, desc=f"real {split} features ({extractor.name})", disable=not progress, leave=False) as bar:
         for batch in loader:
-            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            images = batch_images(batch)
             images = images[: total - seen].to(device)
             features.append(extractor(images).float().cpu())
             seen += len(images)

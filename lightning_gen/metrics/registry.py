@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.features import build_feature_extractor, default_features
+from lightning_gen.data.base import batch_images
 from lightning_gen.data.toy import mixture_means
 from lightning_gen.metrics.mode_coverage import coverage_from_counts, high_quality_counts
 from lightning_gen.metrics.precision_recall import PrecisionRecall
@@ -226,7 +227,7 @@ def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted:
     for index, batch in enumerate(batches):
         if seen >= limit:
             break
-        images = (batch[0] if isinstance(batch, (tuple, list)) else batch)[: limit - seen]
+        images = batch_images(batch)[: limit - seen]
         seen += len(images)
         if index % world != rank:  # each process takes every world-th batch
             continue

@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
+from lightning_gen.data.base import batch_images
 from lightning_gen.losses import build_likelihood, gaussian_kl_to_standard, log_normal, reparameterize
 from lightning_gen.losses.gaussian import log_standard_normal
 from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
@@ -64,7 +65,7 @@ class _Autoencoder(GenerativeModule):
         return torch.Generator(device=device).manual_seed(EVAL_SEED + offset)
 
     def _prepare_batch(self, batch, stage: str, batch_idx: int) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = batch_images(batch)
         generator = None if stage == "train" else self._eval_generator(x.device, batch_idx)
         return self.prepare_input(x, generator)
 

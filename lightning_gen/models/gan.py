@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from lightning_gen.data.base import batch_images
 from lightning_gen.data.pixels import from_signed, to_signed
 from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_value, r1_penalty
 from lightning_gen.models.base import GenerativeModule
@@ -125,7 +126,7 @@ class GAN(GenerativeModule):
 
     # --- data ------------------------------------------------------------------------------------
     def _to_model_space(self, batch) -> Tensor:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = batch_images(batch)
         return to_signed(x) if self.images else x
 
     def _latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
