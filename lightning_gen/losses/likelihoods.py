@@ -63,10 +63,7 @@ class BernoulliLikelihood(PixelLikelihood):
 
 class DiscretizedLogisticLikelihood(PixelLikelihood):
     """One logistic per sub-pixel, integrated over the 8-bit bin of the observed level
-    (Salimans et al. 2017, PixelCNN++, with a single component).
-
-    With x = k/255 and half-bin h = 1/510: P(k) = sigmoid((x + h - mu)/s) - sigmoid((x - h - mu)/s),
-    where the bottom bin extends to -inf and the top bin to +inf, so the 256 probabilities sum to 1.
+    (Salimans et al. 2017, PixelCNN++, with a single component; see ``discretized_logistic_log_prob``).
     params per channel: (mu, log s).
     """
 
@@ -81,23 +78,7 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
 
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         mean, log_scale = self._split(params)
-        levels = to_uint8_levels(x)
-        x = from_uint8_levels(levels)
-        half_bin = 0.5 / (NUM_LEVELS - 1)
-        inv_scale = torch.exp(-log_scale)
-        upper = inv_scale * (x - mean + half_bin)
-        lower = inv_scale * (x - mean - half_bin)
-        # P(k) = F(upper) - F(lower) = S(lower) - S(upper) with F = sigmoid, S = 1 - F. Each form is
-        # computed as log a + log(1 - b/a) in log space; the CDF form is accurate left of the mean,
-        # the survival form right of it, so each pixel uses the side it lies on.
-        log_cdf_upper, log_cdf_lower = F.logsigmoid(upper), F.logsigmoid(lower)
-        log_sf_upper, log_sf_lower = F.logsigmoid(-upper), F.logsigmoid(-lower)
-        from_left = log_cdf_upper + _log1mexp(log_cdf_lower - log_cdf_upper)
-        from_right = log_sf_lower + _log1mexp(log_sf_upper - log_sf_lower)
-        log_bin = torch.where(x > mean, from_right, from_left)
-        # the bottom bin is (-inf, x + h], the top bin (x - h, +inf)
-        log_p = torch.where(levels == 0, log_cdf_upper, torch.where(levels == NUM_LEVELS - 1, log_sf_lower, log_bin))
-        return log_p.flatten(1).sum(1)
+        return discretized_logistic_log_prob(to_uint8_levels(x), mean, log_scale).flatten(1).sum(1)
 
     def mean(self, params: Tensor) -> Tensor:
         """E[k / 255] of the discretised distribution, by summation by parts:
@@ -108,6 +89,30 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
         for j in range(1, NUM_LEVELS):  # a loop keeps memory at one image-sized tensor
             expected_level += torch.sigmoid(inv_scale * (mean - (j - 0.5) / (NUM_LEVELS - 1)))
         return expected_level / (NUM_LEVELS - 1)
+
+
+def discretized_logistic_log_prob(levels: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
+    """log P(level) of a logistic(mean, exp(log_scale)) on the [0, 1] scale, integrated over the 8-bit
+    bin of each level (elementwise, nats).
+
+    With x = k/255 and half-bin h = 1/510: P(k) = sigmoid((x + h - mu)/s) - sigmoid((x - h - mu)/s),
+    where the bottom bin extends to -inf and the top bin to +inf, so the 256 probabilities sum to 1.
+    """
+    x = from_uint8_levels(levels)
+    half_bin = 0.5 / (NUM_LEVELS - 1)
+    inv_scale = torch.exp(-log_scale)
+    upper = inv_scale * (x - mean + half_bin)
+    lower = inv_scale * (x - mean - half_bin)
+    # P(k) = F(upper) - F(lower) = S(lower) - S(upper) with F = sigmoid, S = 1 - F. Each form is
+    # computed as log a + log(1 - b/a) in log space; the CDF form is accurate left of the mean,
+    # the survival form right of it, so each pixel uses the side it lies on.
+    log_cdf_upper, log_cdf_lower = F.logsigmoid(upper), F.logsigmoid(lower)
+    log_sf_upper, log_sf_lower = F.logsigmoid(-upper), F.logsigmoid(-lower)
+    from_left = log_cdf_upper + _log1mexp(log_cdf_lower - log_cdf_upper)
+    from_right = log_sf_lower + _log1mexp(log_sf_upper - log_sf_lower)
+    log_bin = torch.where(x > mean, from_right, from_left)
+    # the bottom bin is (-inf, x + h], the top bin (x - h, +inf)
+    return torch.where(levels == 0, log_cdf_upper, torch.where(levels == NUM_LEVELS - 1, log_sf_lower, log_bin))
 
 
 def _log1mexp(a: Tensor) -> Tensor:

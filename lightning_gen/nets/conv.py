@@ -6,16 +6,18 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 
-def check_image_shape(data_shape: tuple[int, ...]) -> tuple[int, int, int]:
-    """Validate ``(C, H, W)`` for the conv nets; the error names the shape and the fix."""
+def check_image_shape(data_shape: tuple[int, ...], multiple_of: int = 4) -> tuple[int, int, int]:
+    """Validate ``(C, H, W)`` for the conv nets (sides divisible by ``multiple_of`` for the strided
+    ones); the error names the shape and the fix."""
     if len(data_shape) != 3:
         raise ValueError(
             f"this model needs images (C, H, W) but the data has shape {tuple(data_shape)}; "
             "use an image DataModule (the toy 2-D data is for GANs)"
         )
     channels, height, width = data_shape
-    if height % 4 or width % 4:
-        raise ValueError(f"image height and width must be divisible by 4, got {height}x{width}; resize the data")
+    if height % multiple_of or width % multiple_of:
+        raise ValueError(f"image height and width must be divisible by {multiple_of}, got {height}x{width}; "
+                         "resize the data")
     return channels, height, width
 
 

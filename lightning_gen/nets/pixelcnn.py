@@ -1,0 +1,220 @@
+"""PixelCNN networks: images ``[N, C, H, W]`` in [0, 1] -> distribution parameters ``[N, P, H, W]``
+where the parameters at pixel t depend only on the pixels before t in raster order (and, with channel
+groups, on the earlier channels of pixel t).
+
+- ``GatedPixelCNN`` (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN Decoders"):
+  a vertical stack that sees every row above, a horizontal stack that sees the current row to the left,
+  gated activations tanh(a) * sigmoid(b), optional class conditioning, and no blind spot. It also
+  generates incrementally (``generate``): each layer keeps the activations it has already computed and
+  evaluates only the new pixel (Ramachandran et al. 2017, "Fast Generation for Convolutional
+  Autoregressive Models").
+- ``ClassicPixelCNN`` (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"): a 7x7 type-A
+  convolution then 3x3 type-B convolutions; its receptive field has the well-known blind spot above and
+  to the right. Kept as the reference point for tests and benchmarks.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from lightning_gen.nets.conv import check_image_shape
+from lightning_gen.nets.masked import CausalConv2d, channel_groups
+
+# pick(row, column, group, params [N, P]) -> the sampled values [N, channels of the group] in [0, 1]
+PixelPicker = Callable[[int, int, int, Tensor], Tensor]
+
+
+def gate(x: Tensor) -> Tensor:
+    """tanh(a) * sigmoid(b) for x = [a, b] split along the channels."""
+    a, b = x.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+def shift_down(x: Tensor) -> Tensor:
+    """Row i takes row i - 1 (a zero row on top): features of rows <= i become rows < i."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]
+
+
+def to_network_input(x: Tensor) -> Tensor:
+    """Pixels in [0, 1] -> [-1, 1], centred for the first layer (padding then reads as the mid level)."""
+    return x * 2 - 1
+
+
+class GatedLayer(nn.Module):
+    """One gated layer of both stacks.
+
+    vertical:   v' = gate(V * v + c_v)                       (kernel (k//2 + 1) x k: rows i - k//2 .. i)
+    horizontal: h' = h + W_o gate(H * h + W_vh shift(V * v) + c_h)   (kernel 1 x (k//2 + 1), residual
+                                                                       except in the first layer)
+    """
+
+    def __init__(self, in_channels: int, hidden: int, kernel_size: int, first: bool, groups: int,
+                 num_classes: int | None):
+        super().__init__()
+        p = kernel_size // 2
+        self.vertical = CausalConv2d(in_channels, 2 * hidden, (p + 1, kernel_size), (p, p), None)
+        self.horizontal = CausalConv2d(in_channels, 2 * hidden, (1, p + 1), (0, p), "A" if first else "B",
+                                       groups, in_halves=1, out_halves=2)
+        # features of the rows above are visible to every channel group: no mask
+        self.vertical_to_horizontal = nn.Conv2d(2 * hidden, 2 * hidden, 1)
+        self.horizontal_out = CausalConv2d(hidden, hidden, (1, 1), (0, 0), "B", groups)
+        self.class_bias = nn.Embedding(num_classes, 4 * hidden) if num_classes else None
+        self.residual = not first
+
+    def class_biases(self, labels: Tensor | None) -> tuple[Tensor, Tensor] | tuple[int, int]:
+        """Per-image biases (vertical, horizontal), each ``[N, 2 * hidden]``; zeros when unconditional."""
+        if self.class_bias is None:
+            return 0, 0
+        return self.class_bias(labels).chunk(2, dim=1)
+
+    def forward(self, v: Tensor, h: Tensor, labels: Tensor | None) -> tuple[Tensor, Tensor]:
+        bias_v, bias_h = self.class_biases(labels)
+        if self.class_bias is not None:
+            bias_v, bias_h = bias_v[:, :, None, None], bias_h[:, :, None, None]
+        v_pre = self.vertical(v)  # (N, 2h, H, W), row i sees rows <= i
+        h_pre = self.horizontal(h) + self.vertical_to_horizontal(shift_down(v_pre))
+        h_out = self.horizontal_out(gate(h_pre + bias_h))
+        return gate(v_pre + bias_v), h_out + h if self.residual else h_out
+
+    # --- incremental generation: the same maths on the few inputs one output needs -----------------------
+    def vertical_row(self, rows: Tensor, bias_v: Tensor | int) -> tuple[Tensor, Tensor]:
+        """Padded input rows ``[N, in, k//2 + 1, W + 2 (k//2)]`` -> (gated output row ``[N, hidden, W]``,
+        the row's contribution to the horizontal stack of the next row ``[N, 2 hidden, W]``)."""
+        v_pre = F.conv2d(rows, self.vertical.weight, self.vertical.bias)  # (N, 2h, 1, W)
+        to_horizontal = self.vertical_to_horizontal(v_pre)[:, :, 0]
+        bias = bias_v[:, :, None, None] if isinstance(bias_v, Tensor) else bias_v
+        return gate(v_pre + bias)[:, :, 0], to_horizontal
+
+    def horizontal_at(self, window: Tensor, from_above: Tensor, bias_h: Tensor | int, h: Tensor) -> Tensor:
+        """Horizontal output at one pixel: ``window`` ``[N, in, 1, k//2 + 1]`` ends at the pixel, ``from_above``
+        ``[N, 2 hidden]`` is the vertical stack's contribution there, ``h`` ``[N, in]`` the input at the pixel."""
+        h_pre = self.horizontal.at_one_position(window) + from_above + bias_h
+        h_out = self.horizontal_out.at_one_position(gate(h_pre)[:, :, None, None])
+        return h_out + h if self.residual else h_out
+
+
+class OutputHead(nn.Module):
+    """ReLU -> 1x1 -> ReLU -> 1x1 (type B, so channel groups stay causal) to ``params_per_pixel``."""
+
+    def __init__(self, hidden: int, params_per_pixel: int, groups: int):
+        super().__init__()
+        self.hidden = CausalConv2d(hidden, hidden, (1, 1), (0, 0), "B", groups)
+        self.out = CausalConv2d(hidden, params_per_pixel, (1, 1), (0, 0), "B", groups)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.out(F.relu(self.hidden(F.relu(h))))
+
+    def at(self, h: Tensor) -> Tensor:
+        """``[N, hidden]`` features of one pixel -> ``[N, params_per_pixel]``."""
+        h = self.hidden.at_one_position(F.relu(h)[:, :, None, None])
+        return self.out.at_one_position(F.relu(h)[:, :, None, None])
+
+
+class GatedPixelCNN(nn.Module):
+    """Gated PixelCNN with ``layers`` gated layers of width ``hidden``.
+
+    Args:
+        data_shape: (C, H, W) of the images.
+        params_per_pixel: distribution parameters per pixel (all channels together).
+        groups: channel groups (1, or C for an R -> G -> B ordering inside each pixel); the output's
+            parameters must be laid out in ``groups`` contiguous blocks, one per group.
+        num_classes: if given, every layer adds a learned per-class bias (class-conditional model).
+    """
+
+    def __init__(self, data_shape: tuple[int, int, int], params_per_pixel: int, groups: int = 1,
+                 hidden: int = 64, layers: int = 8, kernel_size: int = 5, num_classes: int | None = None):
+        super().__init__()
+        self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
+        channels = self.data_shape[0]
+        if groups not in (1, channels):
+            raise ValueError(f"groups must be 1 or the number of image channels ({channels}), got {groups}")
+        if kernel_size < 3 or kernel_size % 2 == 0 or layers < 1:
+            raise ValueError(f"kernel_size must be odd and >= 3 and layers >= 1, got {kernel_size} and {layers}")
+        self.groups, self.hidden, self.kernel_size = groups, hidden, kernel_size
+        self.layers = nn.ModuleList(
+            GatedLayer(channels if index == 0 else hidden, hidden, kernel_size, index == 0, groups, num_classes)
+            for index in range(layers)
+        )
+        self.head = OutputHead(hidden, params_per_pixel, groups)
+        self.group_of_channel = channel_groups(channels, groups).tolist()
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        """Images ``[N, C, H, W]`` in [0, 1] -> parameters ``[N, P, H, W]``."""
+        v = h = to_network_input(x)
+        for layer in self.layers:
+            v, h = layer(v, h, labels)
+        return self.head(h)
+
+    def channels_of_group(self, group: int) -> list[int]:
+        return [c for c, g in enumerate(self.group_of_channel) if g == group]
+
+    @torch.no_grad()
+    def generate(self, n: int, pick: PixelPicker, labels: Tensor | None = None, progress: bool = False,
+                 device: torch.device | None = None) -> Tensor:
+        """Sample ``n`` images in raster order, computing each layer only where the next pixel needs it.
+
+        Per row: the vertical stack of the finished row above (one row per layer, its inputs kept in
+        per-layer buffers). Per pixel and channel group: the horizontal stack at that pixel only, from
+        per-layer buffers of the current row. ``pick`` turns the parameters of a pixel into its values.
+        Returns ``[n, C, H, W]`` in [0, 1].
+        """
+        channels, height, width = self.data_shape
+        p = self.kernel_size // 2
+        weight = next(self.parameters())
+        zeros = lambda *shape: torch.zeros(*shape, device=device or weight.device, dtype=weight.dtype)  # noqa: E731
+        x = zeros(n, channels, height, width)
+        in_channels = [layer.horizontal.in_channels for layer in self.layers]
+        # inputs of each layer's vertical convolution, zero-padded p rows on top and p columns each side
+        vertical_inputs = [zeros(n, c, height + p, width + 2 * p) for c in in_channels]
+        biases = [layer.class_biases(labels) for layer in self.layers]
+        for i in tqdm(range(height), desc="sampling rows", disable=not progress, leave=False):
+            if i == 0:  # the row above the image is zero padding
+                from_above = [layer.vertical_to_horizontal.bias[None, :, None].expand(n, -1, width)
+                              for layer in self.layers]
+            else:
+                from_above = []
+                for index, layer in enumerate(self.layers):
+                    rows = vertical_inputs[index][:, :, i - 1: i + p]  # input rows i-1-p .. i-1
+                    v_out, to_horizontal = layer.vertical_row(rows, biases[index][0])
+                    from_above.append(to_horizontal)
+                    if index + 1 < len(self.layers):
+                        vertical_inputs[index + 1][:, :, p + i - 1, p: p + width] = v_out
+            horizontal_inputs = [zeros(n, c, 1, width + p) for c in in_channels]  # p zero columns on the left
+            for j in range(width):
+                for group in range(self.groups):
+                    h = to_network_input(x[:, :, i, j])  # (n, C)
+                    for index, layer in enumerate(self.layers):
+                        horizontal_inputs[index][:, :, 0, p + j] = h
+                        window = horizontal_inputs[index][:, :, :, j: j + p + 1]
+                        h = layer.horizontal_at(window, from_above[index][:, :, j], biases[index][1], h)
+                    x[:, self.channels_of_group(group), i, j] = pick(i, j, group, self.head.at(h))
+                # the image itself is the first layer's input; deeper inputs at this pixel never depend on
+                # the last channel group, so the last pass already left them final
+                horizontal_inputs[0][:, :, 0, p + j] = to_network_input(x[:, :, i, j])
+            vertical_inputs[0][:, :, p + i, p: p + width] = to_network_input(x[:, :, i])
+        return x
+
+
+class ClassicPixelCNN(nn.Module):
+    """PixelCNN with a 7x7 type-A convolution, ``layers - 1`` ReLU + 3x3 type-B convolutions and the same
+    output head as the gated network. Its receptive field misses a wedge above and right of each pixel
+    (the blind spot), which the gated network's two stacks remove."""
+
+    def __init__(self, data_shape: tuple[int, int, int], params_per_pixel: int, groups: int = 1,
+                 hidden: int = 64, layers: int = 8, first_kernel_size: int = 7):
+        super().__init__()
+        self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
+        p = first_kernel_size // 2
+        convs = [CausalConv2d(self.data_shape[0], hidden, (first_kernel_size,) * 2, (p, p), "A", groups)]
+        for _ in range(layers - 1):
+            convs += [nn.ReLU(), CausalConv2d(hidden, hidden, (3, 3), (1, 1), "B", groups)]
+        self.body = nn.Sequential(*convs)
+        self.head = OutputHead(hidden, params_per_pixel, groups)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        return self.head(self.body(to_network_input(x)))
