@@ -8,6 +8,8 @@ without a config: without one, the model and data are rebuilt from what the chec
 
 from __future__ import annotations
 
+import inspect
+
 import json
 import math
 import os
@@ -145,10 +147,12 @@ class LightningGenTrainer(Trainer):
         model.to(device).eval()
         generator = torch.Generator(device=device).manual_seed(seed)
         batches = []
+        # models that sample step by step (PixelCNN: row by row) show their own progress within a batch
+        stepwise = {"progress": True} if "progress" in inspect.signature(model.sample).parameters else {}
         with tqdm(total=num_samples, desc="sampling") as bar:
             while sum(len(b) for b in batches) < num_samples:
                 n = min(batch_size, num_samples - sum(len(b) for b in batches))
-                batches.append(model.sample(n, generator=generator).cpu())
+                batches.append(model.sample(n, generator=generator, **stepwise).cpu())
                 bar.update(n)
         images = torch.cat(batches)
         folder = Path(out)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lightning_gen.data import FashionMNISTDataModule, ImageFolderDataModule, MNISTDataModule
-from lightning_gen.models import AE, VAE
+from lightning_gen.models import AE, VAE, PixelCNN
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
@@ -64,6 +64,8 @@ MODELS = {
     "ae": lambda shape: AE(data_shape=shape, latent_dim=4, channels=8, hidden=32),
     "vae": lambda shape: VAE(data_shape=shape, latent_dim=4, channels=8, hidden=32, test_importance_samples=4),
     "vae_bernoulli": lambda shape: VAE(data_shape=shape, latent_dim=4, channels=8, hidden=32, likelihood="bernoulli"),
+    "pixelcnn": lambda shape: PixelCNN(data_shape=shape, hidden=12, layers=2, kernel_size=3),
+    "pixelcnn_mixture": lambda shape: PixelCNN(data_shape=shape, distribution="logistic_mixture", hidden=12, layers=2),
 }
 
 
