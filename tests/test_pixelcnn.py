@@ -240,3 +240,19 @@ def test_default_config_fits_tests_evaluates_and_samples_through_the_cli(fmnist_
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     images = np.load(tmp_path / "samples" / "samples.npz")["images"]
     assert images.shape == (3, 1, 28, 28) and len(np.unique(images)) > 10
+
+
+def test_class_count_that_differs_from_the_data_is_refused_with_the_fix(tiny_idx_dir, tmp_path):
+    from lightning_gen.data import MNISTDataModule
+
+    data = MNISTDataModule(data_dir=str(tiny_idx_dir), batch_size=16)
+    model = PixelCNN(data_shape=data.data_shape, hidden=8, layers=1, kernel_size=3, num_classes=3)
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         default_root_dir=tmp_path)
+    with pytest.raises(ValueError, match="num_classes: 10"):
+        trainer.fit(model, datamodule=data)
+    conditional = PixelCNN(data_shape=data.data_shape, hidden=8, layers=1, kernel_size=3, num_classes=10)
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(conditional, datamodule=data)
+    assert trainer.global_step == 1
