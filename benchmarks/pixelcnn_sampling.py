@@ -13,8 +13,10 @@ For each batch size, one after the other in this run:
   timed and the time is scaled by H / R (every row is W full passes, so every row costs the same).
 
 Units: s/batch is the wall time to draw one batch of complete images; samples/s = batch / (s/batch);
-speed-up = reference s/batch / fast s/batch. "identical" compares the two samplers' images: torch.equal
-when the reference ran fully, otherwise the share of equal pixels over the rows it drew.
+speed-up = reference s/batch / fast s/batch. "fast == reference" compares the two samplers' images:
+torch.equal when the reference ran fully, otherwise the share of equal pixels over the rows it drew.
+Each number is one timing (after a warm-up), so other processes on the machine show up in it: the
+load averages printed with the table say whether the machine was busy.
 """
 
 from __future__ import annotations

@@ -144,8 +144,9 @@ def main() -> None:
           "| test NLL nats/image | test bits/dim |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, net, images, train_s, nats in rows:
-        print(f"| {name} | {parameters(net):,} | {unmasked_weights(net):,} | {train_s:.0f} | {images:,} "
-              f"| {images / len(split.train_set):.2f} | {images / train_s:.1f} | {nats:.1f} | {nats / (dims * math.log(2)):.4f} |")
+        bits_per_dim = nats / (dims * math.log(2))
+        print(f"| {name} | {parameters(net):,} | {unmasked_weights(net):,} | {train_s:.1f} | {images:,} "
+              f"| {images / len(split.train_set):.2f} | {images / train_s:.1f} | {nats:.1f} | {bits_per_dim:.4f} |")
     ratio = parameters(rows[1][1]) / parameters(rows[0][1]) - 1
     print(f"\nparameter counts: plain / gated - 1 = {100 * ratio:+.1f}%")
 

@@ -9,16 +9,19 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, read_checkpoint
 from lightning_gen.data.base import SplitDataModule
 from lightning_gen.errors import CheckpointError, LightningGenError
 from lightning_gen.models.base import GenerativeModule
+from lightning_gen.runs import run_folder
 from lightning_gen.trainer import LightningGenTrainer
 
 _CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
@@ -51,6 +54,17 @@ class LightningGenCLI(LightningCLI):
             default=False,
             help="fit only: after training, run `test` on the best checkpoint and report its metrics",
         )
+
+    def instantiate_trainer(self, **kwargs):
+        """``--trainer.strategy ddp`` works for every model: a model whose training phases each reach only
+        part of its parameters (the GAN: D's step leaves G without gradients and vice versa) declares
+        ``ddp_find_unused_parameters = True`` and gets DDP with unused-parameter detection."""
+        strategy = self._get(self.config_init, "trainer", default={}).get("strategy")
+        if strategy == "ddp" and getattr(self.model, "ddp_find_unused_parameters", False):
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"
+            rank_zero_info(f"{type(self.model).__name__} trains its parameters in separate phases: using "
+                           "strategy ddp_find_unused_parameters_true for --trainer.strategy ddp")
+        return super().instantiate_trainer(**kwargs)
 
     # --- boundary checks before any work starts --------------------------------------------------
     def _parse_ckpt_path(self) -> None:
@@ -88,7 +102,7 @@ class LightningGenCLI(LightningCLI):
     def after_predict(self) -> None:
         predictions = self.trainer.predict_loop.predictions
         if self.trainer.is_global_zero and predictions:
-            path = Path(self.trainer.log_dir or self.trainer.default_root_dir) / "predictions.pt"
+            path = run_folder(self.trainer) / "predictions.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             merged = {key: torch.cat([p[key] for p in predictions]) for key in predictions[0]}
             torch.save(merged, path)
@@ -110,7 +124,7 @@ def _scalar_metrics(metrics) -> dict[str, float]:
 
 def run_summary(trainer, metrics: dict[str, float]) -> str:
     """The closing lines of a run: where its files are and its final metrics."""
-    folder = Path(trainer.log_dir or trainer.default_root_dir)
+    folder = run_folder(trainer)
     lines = ["", f"run folder: {folder}"]
     if (folder / "config.yaml").is_file():
         lines.append(f"  config:      {folder / 'config.yaml'}")
@@ -167,6 +181,8 @@ def args_from_checkpoint(args: list[str]) -> list[str]:
 def main(args: list[str] | None = None) -> None:
     try:
         args = args_from_checkpoint(sys.argv[1:] if args is None else list(args))
+        # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns about
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         LightningGenCLI(args=args)
     except LightningGenError as error:
         print(f"lightning-gen: error: {error}", file=sys.stderr)

@@ -61,5 +61,6 @@ def test_sigkill_mid_epoch_then_resume_from_last(tmp_path):
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(checkpoints / "last.ckpt"))
     assert (recorder.global_step, recorder.epoch) == (last["global_step"], last["epoch"])
     assert cli.trainer.global_step > last["global_step"] and cli.trainer.current_epoch == last["epoch"] + 1
-    restored_latents = torch.Generator().set_state(last["lightning_gen_rng"]["latent"])
-    assert restored_latents.initial_seed() == cli.model.latent_rng.initial_seed()
+    (saved_stream,) = last["lightning_gen_rng"]["training"]  # one process: one training generator
+    restored_latents = torch.Generator().set_state(saved_stream)
+    assert restored_latents.initial_seed() == cli.model.training_rng.initial_seed()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import lightning.pytorch as pl
 
@@ -16,6 +15,7 @@ from lightning_gen.metrics.registry import (
     evaluate_model,
     parse_metric_names,
 )
+from lightning_gen.runs import run_folder
 
 
 class EvaluationCallback(pl.Callback):
@@ -80,11 +80,12 @@ class EvaluationCallback(pl.Callback):
         settings = replace(self.settings, progress=trainer.is_global_zero and bool(trainer.progress_bar_callback))
         results = evaluate_model(pl_module, trainer.datamodule, settings, pl_module.device)
         for result in results:
-            # every process computed the same synced value, so no further reduction is needed
-            pl_module.log(f"val/{result.name}", result.value, sync_dist=False, rank_zero_only=False)
+            # every process computed the same synced value: the max over processes returns it exactly
+            # (and tells Lightning the value is synced, rather than a per-process number)
+            pl_module.log(f"val/{result.name}", result.value, sync_dist=True, reduce_fx="max")
         self.seconds_spent += time.perf_counter() - start
         if trainer.is_global_zero:
-            folder = Path(trainer.log_dir or trainer.default_root_dir)
+            folder = run_folder(trainer)
             folder.mkdir(parents=True, exist_ok=True)
             with open(folder / "evaluation.jsonl", "a") as log:
                 for result in results:

@@ -16,10 +16,7 @@ from torchvision.utils import make_grid, save_image
 
 from lightning_gen.data.base import batch_images
 from lightning_gen.models.base import has_surface
-
-
-def run_folder(trainer: pl.Trainer) -> Path:
-    return Path(trainer.log_dir or trainer.default_root_dir)
+from lightning_gen.runs import run_folder
 
 
 def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Path:

@@ -66,7 +66,7 @@ class _Autoencoder(GenerativeModule):
 
     def _prepare_batch(self, batch, stage: str, batch_idx: int) -> Tensor:
         x = batch_images(batch)
-        generator = None if stage == "train" else self._eval_generator(x.device, batch_idx)
+        generator = self.training_rng if stage == "train" else self._eval_generator(x.device, batch_idx)
         return self.prepare_input(x, generator)
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
@@ -200,7 +200,7 @@ class VAE(_Autoencoder):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x = self._prepare_batch(batch, "train", batch_idx)
-        log_px_z, kl = self.elbo_terms(x)
+        log_px_z, kl = self.elbo_terms(x, self.training_rng)
         weight = self.kl_weight()
         loss = (-log_px_z + weight * kl).mean()
         self.guard_finite(loss=loss)

@@ -16,10 +16,15 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, class_path, read_checkpoint
 from lightning_gen.errors import DivergenceError
+
+
+RNG_KEY = "lightning_gen_rng"  # checkpoint entry: the global torch RNG and every process's training generator
 
 
 def has_surface(model: Any, name: str) -> bool:
@@ -36,6 +41,20 @@ class GenerativeModule(pl.LightningModule):
     """Base of every model: records its class in checkpoints and refuses a checkpoint of another."""
 
     data_shape: tuple[int, ...]
+    _training_rng: torch.Generator | None = None
+
+    @property
+    def training_rng(self) -> torch.Generator:
+        """This process's generator for training noise (GAN latents, VAE reparameterisation, binarisation).
+
+        ``seed_everything`` gives every process the same seed, so noise drawn from the global RNG would be
+        the same on every DDP rank; this generator adds the rank to the seed. Checkpoints keep every
+        rank's state, so a resumed run continues each rank's stream.
+        """
+        if self._training_rng is None or self._training_rng.device != self.device:
+            seed = (torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63
+            self._training_rng = torch.Generator(device=self.device).manual_seed(seed)
+        return self._training_rng
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
@@ -69,6 +88,18 @@ class GenerativeModule(pl.LightningModule):
         return math.prod(self.data_shape)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning builds the checkpoint on every process (and writes it on rank 0), so gathering here is safe
+        state = self.training_rng.get_state()
+        states = [state]
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            states = [None] * dist.get_world_size()
+            dist.all_gather_object(states, state)
+        checkpoint[RNG_KEY] = {
+            "torch": torch.get_rng_state(),  # orders the data of a single-process run
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "training": states,  # one per process, by rank
+            "training_device": str(self.training_rng.device),
+        }
         checkpoint[MODEL_CLASS_KEY] = class_path(type(self))
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "hparams", None) is not None:
@@ -78,6 +109,22 @@ class GenerativeModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # runs before the state dict is loaded, both for `fit --ckpt_path` and `load_from_checkpoint`
         check_model_class(checkpoint, type(self))
+        states = checkpoint.get(RNG_KEY)
+        if not states or self._trainer is None:
+            return  # plain loading for sampling: leave the caller's RNG alone
+        torch.set_rng_state(states["torch"])
+        if states["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(states["cuda"])
+        saved, rank = states["training"], self.global_rank
+        self._training_rng = torch.Generator(device=states["training_device"])
+        if len(saved) == self.trainer.world_size:
+            self._training_rng.set_state(saved[rank])
+        else:  # resumed on another number of processes: continue rank 0's stream, offset per rank
+            rank_zero_warn(f"the checkpoint was written by {len(saved)} process(es) and is resumed on "
+                           f"{self.trainer.world_size}: training noise continues from new per-process seeds")
+            self._training_rng.set_state(saved[0])
+            offset = int(torch.randint(2**62, (1,), generator=self._training_rng)) + rank
+            self._training_rng.manual_seed(offset)
 
     @classmethod
     def load_checkpoint(cls, path: str | Path, map_location: Any = "cpu", **overrides: Any) -> "GenerativeModule":

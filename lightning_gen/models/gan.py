@@ -10,8 +10,8 @@ Step counting: Lightning's ``trainer.global_step`` counts optimizer steps, so on
 ``n_disc_steps + n_gen_steps``. Budget GAN runs in epochs (``trainer.max_epochs``), like every other
 model; loggers plot against batches seen, the same x-axis for every model.
 
-Exact resume: checkpoints hold G, D, EMA-G, both optimizers and schedulers, the loop counters, the
-latent generator's state and the global torch RNG state (which orders the data), so a run resumed at
+Exact resume: checkpoints hold G, D, EMA-G, both optimizers and schedulers, the loop counters, every
+process's training generator (the latents) and the global torch RNG state (which orders the data), so a run resumed at
 an epoch boundary continues bit for bit as if it had never stopped.
 """
 
@@ -30,7 +30,6 @@ from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_
 from lightning_gen.models.base import GenerativeModule
 from lightning_gen.nets.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
 
-RNG_KEY = "lightning_gen_rng"
 
 
 def _adam_for_gans(params):
@@ -59,6 +58,9 @@ class GAN(GenerativeModule):
     """
 
     automatic_optimization = False
+    # under DDP, D's update reaches no generator parameter and G's none of D's (frozen by toggling):
+    # the CLI turns `--trainer.strategy ddp` into DDP with unused-parameter detection for this model
+    ddp_find_unused_parameters = True
 
     def __init__(
         self,
@@ -104,7 +106,6 @@ class GAN(GenerativeModule):
         self._calibrated_at: int | None = None  # ema_updates when the EMA's batch norm was last re-estimated
         self._optimizer_factories = (generator_optimizer or _adam_for_gans, discriminator_optimizer or _adam_for_gans)
         self._scheduler_factories = (generator_scheduler, discriminator_scheduler)
-        self.latent_rng: torch.Generator | None = None  # created on the model's device at fit start
 
     def train(self, mode: bool = True) -> "GAN":
         super().train(mode)
@@ -118,19 +119,13 @@ class GAN(GenerativeModule):
         schedulers = [factory(opt) for factory, opt in zip(self._scheduler_factories, optimizers) if factory]
         return optimizers, schedulers
 
-    def on_fit_start(self) -> None:
-        if self.latent_rng is None or self.latent_rng.device != self.device:
-            # seed_everything gives every process the same seed; the rank makes each draw its own latents
-            seed = (torch.initial_seed() + 1_000_003 * self.global_rank) % 2**63
-            self.latent_rng = torch.Generator(device=self.device).manual_seed(seed)
-
     # --- data ------------------------------------------------------------------------------------
     def _to_model_space(self, batch) -> Tensor:
         x = batch_images(batch)
         return to_signed(x) if self.images else x
 
     def _latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        return torch.randn(n, self.latent_dim, generator=generator or self.latent_rng, device=self.device)
+        return torch.randn(n, self.latent_dim, generator=generator or self.training_rng, device=self.device)
 
     # --- one training batch ----------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> None:
@@ -149,7 +144,7 @@ class GAN(GenerativeModule):
             loss = self.objective.discriminator_loss(real_scores, fake_scores)
             logs = {}
             if getattr(self.objective, "needs_gradient_penalty", False):
-                penalty = gradient_penalty(self.discriminator, real, fake, self.latent_rng)
+                penalty = gradient_penalty(self.discriminator, real, fake, self.training_rng)
                 loss = loss + self.gp_weight * penalty
                 logs["train/gp"] = penalty
             if self.r1_gamma > 0:
@@ -238,25 +233,6 @@ class GAN(GenerativeModule):
         out = self.generator_ema(z)
         return from_signed(out) if self.images else out
 
-    # --- exact resume -----------------------------------------------------------------------------
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_save_checkpoint(checkpoint)
-        checkpoint[RNG_KEY] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "latent": self.latent_rng.get_state() if self.latent_rng is not None else None,
-            "latent_device": str(self.latent_rng.device) if self.latent_rng is not None else None,
-        }
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        super().on_load_checkpoint(checkpoint)
+        super().on_load_checkpoint(checkpoint)  # also restores the RNG states (exact resume)
         self._calibrated_at = None  # new EMA weights: their batch-norm statistics must be re-estimated
-        states = checkpoint.get(RNG_KEY)
-        if not states or self._trainer is None:
-            return  # plain loading for sampling: leave the caller's RNG alone
-        torch.set_rng_state(states["torch"])
-        if states["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(states["cuda"])
-        if states["latent"] is not None:
-            self.latent_rng = torch.Generator(device=states["latent_device"])
-            self.latent_rng.set_state(states["latent"])
