@@ -84,3 +84,18 @@ def test_ddp_validation_metric_equals_the_single_process_value(tmp_path, fmnist_
     assert validate.returncode == 0, validate.stderr[-3000:]
     single = json.loads((tmp_path / "probe" / "validate_rank0.json").read_text())["val/nll_bpd"]
     assert single == pytest.approx(two_process, rel=1e-6), (single, two_process)
+
+
+@pytest.mark.parametrize("snippet, processes", [("cpu", 1), ("ddp_cpu", 2)])
+def test_trainer_snippets_compose_with_a_model_config(snippet, processes, in_tmp_dir):
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from lightning_gen.cli import LightningGenCLI
+
+    cli = LightningGenCLI(args=["--config", str(CONFIGS / "gan_fmnist.yaml"),
+                                "--config", str(CONFIGS / "trainer" / f"{snippet}.yaml")], run=False)
+    assert cli.trainer.num_devices == processes
+    assert isinstance(cli.trainer.strategy, DDPStrategy) == (processes > 1)
+    if processes > 1:  # the GAN's phases need unused-parameter detection (see LightningGenCLI.instantiate_trainer)
+        assert cli.trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True
+    assert cli.trainer.max_epochs == 10  # the model config's own settings survive the composition
