@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -82,8 +83,13 @@ class LightningGenCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     # --- what the user sees at the end -----------------------------------------------------------
+    def before_fit(self) -> None:
+        self._fit_started = time.perf_counter()
+
     def after_fit(self) -> None:
         fit_metrics = _scalar_metrics(self.trainer.callback_metrics)
+        if self.trainer.is_global_zero:
+            write_run_record(self.trainer, time.perf_counter() - self._fit_started)
         test_metrics = {}
         if self.config.fit.get("test_after_fit"):
             checkpoint = self.trainer.checkpoint_callback
@@ -120,6 +126,19 @@ def import_class(class_path: str) -> type:
 
 def _scalar_metrics(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+RUN_RECORD = "run.json"
+
+
+def write_run_record(trainer, fit_seconds: float) -> None:
+    """``<run folder>/run.json``: what ``compare`` needs that no logger keeps (wall time, processes)."""
+    folder = run_folder(trainer)
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"fit_seconds": round(fit_seconds, 2), "epochs": trainer.current_epoch,
+              "global_step": trainer.global_step, "processes": trainer.world_size,
+              "model_class": f"{type(trainer.lightning_module).__module__}.{type(trainer.lightning_module).__name__}"}
+    (folder / RUN_RECORD).write_text(json.dumps(record, indent=1))
 
 
 def run_summary(trainer, metrics: dict[str, float]) -> str:
@@ -178,9 +197,17 @@ def args_from_checkpoint(args: list[str]) -> list[str]:
     return [args[0], *extra, *args[1:]]
 
 
+# commands that work on finished runs, not on one model: no LightningCLI, their own argument parsers
+RUN_COMMANDS = {"compare": "lightning_gen.report.compare", "dashboard": "lightning_gen.report.dashboard"}
+
+
 def main(args: list[str] | None = None) -> None:
+    args = sys.argv[1:] if args is None else list(args)
     try:
-        args = args_from_checkpoint(sys.argv[1:] if args is None else list(args))
+        if args and args[0] in RUN_COMMANDS:
+            importlib.import_module(RUN_COMMANDS[args[0]]).main(args[1:])
+            return
+        args = args_from_checkpoint(args)
         # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns about
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         LightningGenCLI(args=args)

@@ -93,28 +93,38 @@ class PictureLogger(pl.Callback):
         was_training = model.training
         model.eval()
         generator = torch.Generator(device=model.device).manual_seed(self.seed)
-        if self.num_samples and has_surface(model, "sample"):
-            samples = model.sample(self.num_samples, generator=generator)
-            self.written.append(log_picture(trainer, f"{stage}/samples", samples, nrow=8))
-        held_out = self._held_out
-        if held_out is not None and has_surface(model, "encode") and has_surface(model, "decode"):
-            held_out = held_out.to(model.device)
-            if self.num_reconstructions:
-                inputs = held_out[: self.num_reconstructions]
-                outputs = model.decode(model.encode(model.prepare_input(inputs, generator)))
-                self.written.append(
-                    log_picture(trainer, f"{stage}/reconstructions", torch.cat([inputs, outputs]), nrow=len(inputs))
-                )
-            pairs = min(self.num_interpolations, len(held_out) // 2)
-            if pairs and self.interpolation_steps >= 2:
-                self.written.append(self._interpolations(trainer, model, held_out, pairs, generator, stage))
+        held_out = None if self._held_out is None else self._held_out.to(model.device)
+        grids = picture_grids(model, held_out, generator, self.num_samples, self.num_reconstructions,
+                              self.num_interpolations, self.interpolation_steps)
+        for kind, (images, nrow) in grids.items():
+            self.written.append(log_picture(trainer, f"{stage}/{kind}", images, nrow))
         model.train(was_training)
 
-    def _interpolations(self, trainer, model, held_out: Tensor, pairs: int, generator, stage: str) -> Path:
-        a, b = held_out[:pairs], held_out[pairs : 2 * pairs]
-        z_a, z_b = model.encode(model.prepare_input(a, generator)), model.encode(model.prepare_input(b, generator))
-        t = torch.linspace(0, 1, self.interpolation_steps, device=z_a.device).view(1, -1, 1)  # (1, T, 1)
+
+@torch.no_grad()
+def picture_grids(model, held_out: Tensor | None, generator: torch.Generator, num_samples: int = 64,
+                  num_reconstructions: int = 8, num_interpolations: int = 4,
+                  interpolation_steps: int = 8) -> dict[str, tuple[Tensor, int]]:
+    """The pictures a model can show, as ``{kind: (images [N, C, H, W] in [0, 1], images per row)}``:
+    ``samples`` (any model with ``sample``), ``reconstructions`` and ``interpolations`` (models that can
+    ``encode`` and ``decode``; from ``held_out`` images). Shared by the callback and ``compare``."""
+    grids = {}
+    if num_samples and has_surface(model, "sample"):
+        grids["samples"] = (model.sample(num_samples, generator=generator), 8)
+    if held_out is None or not (has_surface(model, "encode") and has_surface(model, "decode")):
+        return grids
+    if num_reconstructions:
+        inputs = held_out[:num_reconstructions]
+        outputs = model.decode(model.encode(model.prepare_input(inputs, generator)))
+        grids["reconstructions"] = (torch.cat([inputs, outputs]), len(inputs))
+    pairs = min(num_interpolations, len(held_out) // 2)
+    if pairs and interpolation_steps >= 2:
+        a, b = held_out[:pairs], held_out[pairs: 2 * pairs]
+        z_a = model.encode(model.prepare_input(a, generator))
+        z_b = model.encode(model.prepare_input(b, generator))
+        t = torch.linspace(0, 1, interpolation_steps, device=z_a.device).view(1, -1, 1)  # (1, T, 1)
         z = (1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)  # (P, T, d)
-        decoded = model.decode(z.flatten(0, 1)).view(pairs, self.interpolation_steps, *a.shape[1:])
+        decoded = model.decode(z.flatten(0, 1)).view(pairs, interpolation_steps, *a.shape[1:])
         rows = torch.cat([a.unsqueeze(1), decoded, b.unsqueeze(1)], dim=1)  # (P, T + 2, C, H, W)
-        return log_picture(trainer, f"{stage}/interpolations", rows.flatten(0, 1), nrow=self.interpolation_steps + 2)
+        grids["interpolations"] = (rows.flatten(0, 1), interpolation_steps + 2)
+    return grids

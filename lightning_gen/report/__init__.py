@@ -1,0 +1,1 @@
+"""Turn finished runs into comparisons: an offline HTML/Markdown report (``compare``)."""

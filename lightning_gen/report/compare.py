@@ -1,0 +1,245 @@
+"""``python -m lightning_gen compare RUN_OR_CKPT ...``: finished runs side by side, offline.
+
+For every run (a run folder, whose ``checkpoints/last.ckpt`` is used, or a checkpoint file) this
+evaluates the model with the shared metric registry under one set of settings, and collects what the
+run folder holds (learning curves from ``metrics.csv``, the fit time from ``run.json``). It adds:
+
+- the latent-hole comparison for models that can encode and decode (AE, VAE): FID of decoded
+  samples of the prior N(0, I) and of decoded midpoints (z_a + z_b) / 2 between pairs of encoded test
+  images. A VAE's KL term pulls its codes towards the prior, so both stay close to its sample FID;
+  an AE's codes can sit anywhere, so N(0, I) and midpoints land in holes of its latent space;
+- parameter counts (trainable), sampling speed (samples/s for a batch of 64), sample grids,
+  reconstructions and interpolations.
+
+Every metric's protocol (features, real images, sample count, ...) must agree across runs; a run
+evaluated against other data is refused rather than put in the same column. Writes ``report.html``
+(self-contained, PNGs embedded), ``report.md`` (the table) and ``comparison.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchvision.utils import make_grid, save_image
+
+from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, read_checkpoint
+from lightning_gen.callbacks.pictures import picture_grids
+from lightning_gen.data.base import batch_images
+from lightning_gen.errors import CheckpointError, LightningGenError
+from lightning_gen.metrics.registry import (
+    LIKELIHOOD_METRICS,
+    SAMPLE_METRICS,
+    EvaluationSettings,
+    MetricResult,
+    evaluate_model,
+    parse_metric_names,
+)
+from lightning_gen.models.base import has_surface
+
+# protocol entries that describe the model's own estimator, not the data or the evaluation settings
+MODEL_SPECIFIC_PROTOCOL = {"estimator", "importance_samples", "likelihood", "dequantization", "class_prior",
+                           "nll_nats_per_image", "kid_std"}
+CURVE_METRICS = ("val/fid", "val/kid", "val/precision", "val/recall", "val/nll_bpd", "val/elbo")
+
+
+@dataclass
+class ComparedRun:
+    label: str
+    checkpoint: Path
+    folder: Path | None
+    model_class: str
+    results: list[MetricResult] = field(default_factory=list)
+    latent_holes: list[MetricResult] = field(default_factory=list)
+    parameters: int = 0
+    samples_per_second: float = 0.0
+    fit_seconds: float | None = None
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    pictures: dict[str, bytes] = field(default_factory=dict)  # kind -> PNG
+
+
+def _import(class_path: str):
+    module, _, name = class_path.rpartition(".")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
+    """A run folder or a checkpoint -> (checkpoint, run folder or None)."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = path / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            raise LightningGenError(f"{path} is not a run folder with checkpoints/last.ckpt; pass a run folder "
+                                    "(runs/<name>/version_<n>) or a .ckpt file")
+        return checkpoint, path
+    if path.is_file():
+        return path, path.parent.parent if path.parent.name == "checkpoints" else None
+    raise LightningGenError(f"{path} does not exist; pass a run folder (runs/<name>/version_<n>) or a .ckpt file")
+
+
+def _label(checkpoint: Path, folder: Path | None) -> str:
+    return f"{folder.parent.name}/{folder.name}" if folder is not None else checkpoint.stem
+
+
+def load_run(path: str | Path, device: torch.device):
+    """-> (ComparedRun, model, datamodule) rebuilt from what the checkpoint records."""
+    checkpoint_path, folder = resolve_run(path)
+    checkpoint = read_checkpoint(checkpoint_path)
+    model_class, data = checkpoint.get(MODEL_CLASS_KEY), checkpoint.get(DATAMODULE_KEY)
+    if model_class is None or data is None:
+        raise CheckpointError(f"{checkpoint_path} does not record its model class and data; it was not "
+                              "written by `python -m lightning_gen fit`")
+    model = _import(model_class).load_checkpoint(checkpoint_path, map_location=device).eval()
+    datamodule = _import(data["class_path"])(**data["init_args"])
+    run = ComparedRun(_label(checkpoint_path, folder), checkpoint_path, folder, model_class)
+    return run, model, datamodule
+
+
+def read_curves(folder: Path | None) -> dict[str, list[tuple[int, float]]]:
+    """Validation curves from the run's metrics.csv (CSVLogger): metric -> [(epoch, value)]."""
+    path = folder / "metrics.csv" if folder is not None else None
+    if path is None or not path.is_file():
+        return {}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    with open(path, newline="") as handle:
+        for row in csv.DictReader(handle):
+            for key, value in row.items():
+                if key.startswith(CURVE_METRICS) and value not in ("", None) and row.get("epoch") not in ("", None):
+                    curves.setdefault(key, []).append((int(float(row["epoch"])), float(value)))
+    return curves
+
+
+class _DecodedPrior(nn.Module):
+    """decode(z) for z ~ N(0, I): what a model's latent space gives where its prior says to look."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.data_shape = model, model.data_shape
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, self.model.latent_dim, generator=generator, device=self.model.device)
+        return self.model.decode(z)
+
+
+class _DecodedMidpoints(nn.Module):
+    """decode((z_a + z_b) / 2) for random pairs of encoded held-out images."""
+
+    def __init__(self, model, images: Tensor):
+        super().__init__()
+        self.model, self.images, self.data_shape = model, images, model.data_shape
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        device = generator.device if generator is not None else self.images.device
+        a, b = torch.randint(len(self.images), (2, n), generator=generator, device=device).cpu()
+        encode = lambda x: self.model.encode(self.model.prepare_input(x.to(self.model.device), generator))  # noqa: E731
+        return self.model.decode((encode(self.images[a]) + encode(self.images[b])) / 2)
+
+
+def _held_out(datamodule, count: int) -> Tensor:
+    images, seen = [], 0
+    for batch in datamodule.split_dataloader("test"):
+        images.append(batch_images(batch))
+        seen += len(images[-1])
+        if seen >= count:
+            break
+    return torch.cat(images)[:count]
+
+
+def _png(images: Tensor, nrow: int) -> bytes:
+    buffer = io.BytesIO()
+    save_image(make_grid(images.float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0), buffer, format="png")
+    return buffer.getvalue()
+
+
+@torch.no_grad()
+def _sampling_speed(model, seed: int, n: int = 64) -> float:
+    generator = torch.Generator(device=model.device).manual_seed(seed)
+    start = time.perf_counter()
+    model.sample(n, generator=generator)
+    return n / (time.perf_counter() - start)
+
+
+def check_protocols(runs: list[ComparedRun]) -> None:
+    """Refuse to put numbers measured under different protocols in one column."""
+    first_seen: dict[str, tuple[str, dict]] = {}
+    for run in runs:
+        for result in run.results + run.latent_holes:
+            shared = {k: v for k, v in result.protocol.items() if k not in MODEL_SPECIFIC_PROTOCOL}
+            if result.name not in first_seen:
+                first_seen[result.name] = (run.label, shared)
+                continue
+            label, expected = first_seen[result.name]
+            differing = sorted(k for k in set(shared) | set(expected) if shared.get(k) != expected.get(k))
+            if differing:
+                key = differing[0]
+                raise LightningGenError(
+                    f"{result.name} of {run.label} and {label} were measured under different protocols "
+                    f"({key}: {shared.get(key)!r} vs {expected.get(key)!r}); compare runs evaluated on the same "
+                    "data and features (train them with the same data config)")
+
+
+def compare(paths: list[str], out: str | Path = "comparison", metrics: str = "fid,kid,precision_recall,nll_bpd",
+            num_samples: int = 2000, max_real: int | None = 2000, features: str | None = None,
+            features_weights: str | None = None, seed: int = 0, batch_size: int = 250,
+            latent_holes: bool = True, device: str = "cpu", progress: bool = True) -> Path:
+    """Evaluate ``paths`` (run folders or checkpoints) alike and write the report into ``out``."""
+    if len(paths) < 1:
+        raise LightningGenError("compare needs at least one run folder or checkpoint")
+    wanted = parse_metric_names(metrics)
+    settings = EvaluationSettings(metrics=wanted, num_samples=num_samples, max_real=max_real, features=features,
+                                  features_weights=features_weights, seed=seed, batch_size=batch_size,
+                                  progress=progress)
+    torch_device = torch.device(device)
+    runs = []
+    for path in paths:
+        run, model, datamodule = load_run(path, torch_device)
+        supported = [m for m in wanted if m in SAMPLE_METRICS or has_surface(model, LIKELIHOOD_METRICS.get(m, ""))]
+        run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device)
+        if latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
+            fid_only = replace(settings, metrics=["fid"])
+            prior = evaluate_model(_DecodedPrior(model), datamodule, fid_only, torch_device)[0]
+            held_out = _held_out(datamodule, max_real or 2000)
+            midpoints = evaluate_model(_DecodedMidpoints(model, held_out), datamodule, fid_only, torch_device)[0]
+            run.latent_holes = [replace(prior, name=f"prior_{prior.name}"),
+                                replace(midpoints, name=f"midpoint_{midpoints.name}")]
+        run.parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        run.samples_per_second = _sampling_speed(model, seed)
+        record = run.folder / "run.json" if run.folder is not None else None
+        run.fit_seconds = json.loads(record.read_text())["fit_seconds"] if record and record.is_file() else None
+        run.curves = read_curves(run.folder)
+        generator = torch.Generator(device=torch_device).manual_seed(seed)
+        grids = picture_grids(model, _held_out(datamodule, 16).to(torch_device), generator, num_samples=32)
+        run.pictures = {kind: _png(images, nrow) for kind, (images, nrow) in grids.items()}
+        runs.append(run)
+    check_protocols(runs)
+    from lightning_gen.report.html import write_report  # matplotlib is imported only when writing
+
+    return write_report(runs, Path(out))
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lightning_gen compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders (runs/<name>/version_<n>) or .ckpt files")
+    parser.add_argument("--out", default="comparison", help="output folder (report.html, report.md, comparison.json)")
+    parser.add_argument("--metrics", default="fid,kid,precision_recall,nll_bpd",
+                        help="metrics for every run; likelihood metrics only where the model has one")
+    parser.add_argument("--num_samples", type=int, default=2000, help="generated samples per sample metric")
+    parser.add_argument("--max_real", type=int, default=2000, help="real test images (0: the whole split)")
+    parser.add_argument("--features", default=None, help="feature extractor (default by data shape)")
+    parser.add_argument("--features_weights", default=None, help="weights file of the feature extractor")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no_latent_holes", action="store_true", help="skip the AE/VAE prior and midpoint FIDs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    folder = compare(args.runs, args.out, args.metrics, args.num_samples, args.max_real or None, args.features,
+                     args.features_weights, args.seed, latent_holes=not args.no_latent_holes, device=args.device)
+    print(f"report: {folder / 'report.html'} (table: {folder / 'report.md'})")
+

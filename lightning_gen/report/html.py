@@ -1,0 +1,144 @@
+"""Render compared runs: ``comparison.json`` (everything), ``report.md`` (the table) and ``report.html``
+(the table, each metric's protocol, learning curves, pictures; PNGs embedded, so it is one file)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+LOWER_IS_BETTER = ("fid", "kid", "nll_bpd", "prior_fid", "midpoint_fid")
+
+
+def _format(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def metric_columns(runs) -> list[str]:
+    names = []
+    for run in runs:
+        for result in run.results + run.latent_holes:
+            if result.name not in names:
+                names.append(result.name)
+    return names
+
+
+def table_rows(runs) -> tuple[list[str], list[list[str]]]:
+    columns = metric_columns(runs)
+    header = ["run", "model", "parameters", "fit time (s)", "samples/s", *columns]
+    rows = []
+    for run in runs:
+        values = {r.name: r.value for r in run.results + run.latent_holes}
+        rows.append([run.label, run.model_class.rsplit(".", 1)[-1], _format(run.parameters),
+                     _format(run.fit_seconds, 1), _format(run.samples_per_second, 1),
+                     *(_format(values.get(name)) for name in columns)])
+    return header, rows
+
+
+def markdown_table(runs) -> str:
+    header, rows = table_rows(runs)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _protocols(runs) -> dict[str, dict]:
+    """Each metric's protocol (shared part from the first run; the estimator per run where it differs)."""
+    protocols: dict[str, dict] = {}
+    for run in runs:
+        for result in run.results + run.latent_holes:
+            entry = protocols.setdefault(result.name, {"protocol": result.protocol, "per_run": {}})
+            if "estimator" in result.protocol:
+                entry["per_run"][run.label] = result.protocol["estimator"]
+    return protocols
+
+
+def _curves_png(runs) -> bytes | None:
+    keys = sorted({key for run in runs for key in run.curves})
+    if not keys:
+        return None
+    columns = min(3, len(keys))
+    rows = -(-len(keys) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for axis, key in zip(axes.flat, keys):
+        for run in runs:
+            if key in run.curves:
+                epochs, values = zip(*run.curves[key])
+                axis.plot([e + 1 for e in epochs], values, marker="o", label=run.label)
+        axis.set_title(key)
+        axis.set_xlabel("epochs trained")
+        axis.legend(fontsize=7)
+    for axis in list(axes.flat)[len(keys):]:
+        axis.axis("off")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+# after loading, the page records how many images decoded, so a headless browser can check it
+_IMAGE_CHECK = """<script>
+window.addEventListener("load", () => {
+  const images = Array.from(document.images);
+  document.body.dataset.imagesTotal = images.length;
+  document.body.dataset.imagesBroken = images.filter(i => !i.complete || i.naturalWidth === 0).length;
+});
+</script>"""
+
+
+def render_html(runs) -> str:
+    header, rows = table_rows(runs)
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lightning-gen comparison</title>",
+             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+             "img{image-rendering:pixelated;margin:4px;max-width:100%}</style></head><body>",
+             "<h1>lightning-gen: runs side by side</h1>",
+             "<p>Lower is better for FID, KID and NLL (bits/dim); higher for precision and recall. "
+             "prior_fid: decoded N(0, I) samples; midpoint_fid: decoded midpoints of encoded test pairs "
+             "(the latent-hole comparison of AE and VAE).</p>",
+             "<table id='metrics'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for row in rows:
+        parts.append(f"<tr class='run' data-run='{html.escape(row[0])}'>"
+                     + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+    parts.append("</table><h2>Protocols</h2><ul>")
+    for name, entry in _protocols(runs).items():
+        shared = {k: v for k, v in entry["protocol"].items() if k not in ("estimator", "nll_nats_per_image", "kid_std")}
+        estimators = "".join(f"; {html.escape(label)}: {html.escape(str(e))}" for label, e in entry["per_run"].items())
+        parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(json.dumps(shared))}{estimators}</li>")
+    parts.append("</ul>")
+    curves = _curves_png(runs)
+    if curves:
+        parts += ["<h2>Learning curves</h2>", _img(curves, "learning curves")]
+    for run in runs:
+        parts.append(f"<h2 class='pictures' data-run='{html.escape(run.label)}'>{html.escape(run.label)}</h2>")
+        for kind, png in run.pictures.items():
+            parts.append(f"<h3>{html.escape(kind)}</h3>{_img(png, f'{run.label} {kind}')}")
+    parts += [_IMAGE_CHECK, "</body></html>"]
+    return "\n".join(parts)
+
+
+def write_report(runs, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for run in runs:
+        record = asdict(run)
+        record.pop("pictures")
+        record["checkpoint"], record["folder"] = str(run.checkpoint), str(run.folder) if run.folder else None
+        records.append(record)
+    (out / "comparison.json").write_text(json.dumps(records, indent=1) + "\n")
+    (out / "report.md").write_text(markdown_table(runs))
+    (out / "report.html").write_text(render_html(runs))
+    return out
