@@ -5,37 +5,58 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/vae_fmnist.yaml
 
-.PHONY: install data test run clean help
+.PHONY: install data system test run compare clean help
 
 help:
 	@echo "make install  - create $(VENV), install $(TORCH_PAIR), lightning-gen[dev], Fashion-MNIST (apt)"
 	@echo "make test     - run the test suite (no network, no GPU)"
 	@echo "make run      - train the default VAE on Fashion-MNIST (CONFIG=$(CONFIG)), then test it"
+	@echo "make compare  - train small AE, VAE, GAN and PixelCNN runs, then write $(COMPARE_DIR)/report/report.html"
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PAIR)
 	$(PY) -m pip install --quiet -e ".[dev]" $(TORCH_PAIR)
-	$(MAKE) data
+	$(MAKE) system
 
-# Debian ships the real Fashion-MNIST IDX files; the DataModule reads them from
-# /usr/share/datasets/fashion-mnist by default.
-data:
-	@if [ -d /usr/share/datasets/fashion-mnist ]; then \
-		echo "Fashion-MNIST already in /usr/share/datasets/fashion-mnist"; \
+# Debian packages: the real Fashion-MNIST IDX files (the DataModule reads them from
+# /usr/share/datasets/fashion-mnist by default) and chromium (the test that opens compare's HTML report).
+SYSTEM_PACKAGES := dataset-fashion-mnist chromium
+system:
+	@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then \
+		echo "Debian packages present: $(SYSTEM_PACKAGES)"; \
 	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else \
-		echo "Skipping Debian's dataset-fashion-mnist (needs apt-get and root)."; \
+		echo "Cannot install$$missing (needs apt-get and root)."; \
 		echo "Point data_dir or \$$LIGHTNING_GEN_DATA at a folder with the IDX files, or set download: true when online."; \
 	fi
+data: system
 
 test:
 	$(PY) -m pytest -q
 
 run:
 	$(PY) -m lightning_gen fit --config $(CONFIG) --test_after_fit true
+
+# Small runs of every family on the full Fashion-MNIST (the same real images for every metric), then the
+# report. About 15 minutes on a 2-core CPU; budgets are CPU-sized, not publication-sized.
+COMPARE_DIR ?= runs/compare
+# the config first: later options override it
+compare_fit = $(PY) -m lightning_gen fit --config configs/$(1).yaml --trainer.default_root_dir $(COMPARE_DIR) \
+	--trainer.logger.init_args.save_dir $(COMPARE_DIR) --trainer.enable_progress_bar false
+latest = $$(ls -d $(COMPARE_DIR)/$(1)/version_* | sort -V | tail -1)
+compare:
+	$(call compare_fit,ae_fmnist) --trainer.max_epochs 3
+	$(call compare_fit,vae_fmnist) --trainer.max_epochs 3
+	$(call compare_fit,gan_fmnist) --trainer.max_epochs 3
+	$(call compare_fit,pixelcnn_fmnist) --trainer.max_epochs 1 --trainer.limit_train_batches 300
+	$(PY) -m lightning_gen compare $(call latest,ae_fmnist) $(call latest,vae_fmnist) \
+		$(call latest,gan_fmnist) $(call latest,pixelcnn_fmnist) --out $(COMPARE_DIR)/report
 
 clean:
 	rm -rf runs .pytest_cache
