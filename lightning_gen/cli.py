@@ -15,7 +15,10 @@ from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, read_checkpoint
@@ -37,6 +40,7 @@ class LightningGenCLI(LightningCLI):
             subclass_mode_data=True,
             auto_configure_optimizers=False,  # each model takes its optimizer(s) as init arguments
             trainer_class=LightningGenTrainer,
+            save_config_callback=SaveConfigToLoggers,
             args=args,
             run=run,
             **kwargs,
@@ -55,6 +59,18 @@ class LightningGenCLI(LightningCLI):
             default=False,
             help="fit only: after training, run `test` on the best checkpoint and report its metrics",
         )
+
+    def before_instantiate_classes(self) -> None:
+        """A W&B run without a group joins its model family's (``vae``, ``gan``, ...): dashboards compare by it."""
+        config = self.config.get(str(self.subcommand), self.config)
+        model, loggers = config.get("model"), config.get("trainer.logger")
+        if not isinstance(model, Namespace) or not model.get("class_path"):
+            return
+        family = model.class_path.rsplit(".", 1)[-1].lower()  # VAE -> vae, PixelCNN -> pixelcnn
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if (isinstance(logger, Namespace) and logger.get("class_path", "").endswith(".WandbLogger")
+                    and not logger.get("init_args.group")):
+                logger.init_args.group = family
 
     def instantiate_trainer(self, **kwargs):
         """``--trainer.strategy ddp`` works for every model: a model whose training phases each reach only
@@ -117,6 +133,17 @@ class LightningGenCLI(LightningCLI):
     def _print_summary(self) -> None:
         if self.trainer.is_global_zero:
             print(run_summary(self.trainer, _scalar_metrics(self.trainer.callback_metrics)), flush=True)
+
+
+class SaveConfigToLoggers(SaveConfigCallback):
+    """Lightning's config.yaml in the run folder, and the same resolved config in the run config of
+    loggers that keep one (W&B), so that a W&B run alone says how to reproduce it."""
+
+    def save_config(self, trainer, pl_module, stage) -> None:
+        resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.config.update(resolved, allow_val_change=True)
 
 
 def import_class(class_path: str) -> type:

@@ -28,7 +28,7 @@ def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Pat
     step = trainer.global_step
     for logger in trainer.loggers:
         if callable(getattr(logger, "log_image", None)):  # W&B
-            logger.log_image(key=key, images=[grid.permute(1, 2, 0).numpy()], step=step)
+            logger.log_image(key=key, images=[str(path)], step=step)  # the PNG: wandb.Image reads arrays as 0..255
         elif callable(getattr(getattr(logger, "experiment", None), "add_image", None)):  # TensorBoard
             logger.experiment.add_image(key, grid, global_step=step)
     return path

@@ -1,0 +1,232 @@
+"""``python -m lightning_gen dashboard --entity E [--project lightning-gen] [--dry-run]``: a W&B workspace
+and report that compare the model families on the shared metrics.
+
+Runs are compared by their W&B run group, which is the model family (``ae``, ``vae``, ``gan``,
+``pixelcnn``; see configs/logger/wandb.yaml). ``dashboard_plan`` describes everything as plain data
+(sections, panels, the logged keys each panel shows); ``build_dashboard`` turns the plan into
+wandb-workspaces objects without touching the network; ``main`` saves them and prints their URLs, or,
+offline (``--dry-run``, ``WANDB_MODE=offline``, or no API key), prints the plan and creates nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import netrc
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import urlsplit
+
+from lightning_gen.errors import LightningGenError
+
+FAMILIES = ("ae", "vae", "gan", "pixelcnn")
+SHARED_METRICS = ("val/fid_fmnist_clf", "val/kid_fmnist_clf", "val/precision_fmnist_clf", "val/recall_fmnist_clf",
+                  "val/nll_bpd")
+PICTURES = ("val/samples", "val/reconstructions", "val/interpolations")
+# WandbLogger logs every metric with `trainer/global_step` = the step Lightning passes to loggers, which
+# counts batches (not optimizer steps: a 5:1 GAN would otherwise run 6x faster): one x-axis for every model.
+STEP = "trainer/global_step"
+RUNTIME = "_runtime"  # W&B: seconds since the run started, recorded with every logged row
+TITLE = "lightning-gen: model families on the shared metrics"
+
+_SECTIONS = {  # section name -> what a reader needs to know to read its panels
+    "Sample quality": "Generated samples against real validation images, in the features of the Fashion-MNIST "
+                      "classifier (fmnist_clf); every model is scored the same way, GANs included.",
+    "Likelihood": "Negative log-likelihood in bits per dimension: exact for PixelCNN, the IWAE bound for the VAE. "
+                  "AEs and GANs define no likelihood and log none, so they are absent here.",
+    "More metrics": "Further logged values asked for with --metrics.",
+    "Training time": "Wall-clock seconds as W&B records them (_runtime: since the run started, evaluation included).",
+    "Pictures": "The grids PictureLogger logs every validation epoch: samples (every model); reconstructions and "
+                "latent interpolations (models that encode and decode: AE, VAE).",
+}
+_METRICS = {  # logged key -> (section, title, better)
+    "val/fid_fmnist_clf": ("Sample quality", "FID, classifier features", "lower"),
+    "val/kid_fmnist_clf": ("Sample quality", "KID, classifier features", "lower"),
+    "val/precision_fmnist_clf": ("Sample quality", "precision (k = 3), classifier features", "higher"),
+    "val/recall_fmnist_clf": ("Sample quality", "recall (k = 3), classifier features", "higher"),
+    "val/nll_bpd": ("Likelihood", "NLL, bits/dim", "lower"),
+    "val/elbo": ("Likelihood", "ELBO, nats per image", "higher"),
+}
+_COLORS = ("#4E79A7", "#F28E2B", "#E15759", "#59A14F", "#B07AA1", "#76B7B2", "#EDC948", "#FF9DA7")
+
+
+def _metric_title(key: str) -> tuple[str, str]:
+    section, title, better = _METRICS.get(key, ("More metrics", key, None))
+    return section, f"{title} ({better} is better)" if better else title
+
+
+def dashboard_plan(entity: str, project: str, families: Sequence[str] = FAMILIES,
+                   metrics: Sequence[str] = SHARED_METRICS, pictures: Sequence[str] = PICTURES) -> dict[str, Any]:
+    """The dashboard as plain data: which runs, how they are grouped, and the sections of panels.
+
+    Every panel is ``{"kind": "line" | "bar" | "images", "title": str, "keys": [logged keys], "x": key}``
+    (``x`` for lines only). For each metric: its curve over training (``x``: batches seen) and a bar of
+    its last value per family (mean over the family's runs, min-max range). Training time: seconds per
+    run, and the first metric of each section against seconds.
+    """
+    if not families:
+        raise LightningGenError("the dashboard needs at least one model family, e.g. --families vae,gan")
+    if not metrics:
+        raise LightningGenError(f"the dashboard needs at least one metric, e.g. --metrics {','.join(SHARED_METRICS)}")
+    sections: dict[str, list[dict[str, Any]]] = {}
+    for key in dict.fromkeys(metrics):  # in the given order, once each
+        section, title = _metric_title(key)
+        sections.setdefault(section, []).append({"kind": "line", "title": title, "keys": [key], "x": STEP})
+    for panels in sections.values():
+        panels += [{"kind": "bar", "title": f"{panel['title']}: last value by family", "keys": panel["keys"]}
+                   for panel in list(panels)]
+    headline = [panels[0]["keys"][0] for panels in sections.values()]
+    seconds = {"kind": "bar", "title": "seconds per run: last value by family", "keys": [RUNTIME]}
+    sections["Training time"] = [seconds] + [
+        {"kind": "line", "title": f"{_metric_title(key)[1]} against seconds", "keys": [key], "x": RUNTIME}
+        for key in headline
+    ]
+    if pictures:
+        sections["Pictures"] = [{"kind": "images", "title": key, "keys": [key]} for key in pictures]
+    families = list(dict.fromkeys(families))
+    return {
+        "entity": entity,
+        "project": project,
+        "title": TITLE,
+        "runs": {"group_by": "group", "families": families,
+                 "colors": {family: _COLORS[i % len(_COLORS)] for i, family in enumerate(families)}},
+        "x_axis": STEP,
+        "sections": [{"name": name, "about": _SECTIONS[name], "panels": panels} for name, panels in sections.items()],
+    }
+
+
+def plan_keys(plan: dict[str, Any]) -> set[str]:
+    """Every logged key a panel of the plan shows (x-axes not included)."""
+    return {key for section in plan["sections"] for panel in section["panels"] for key in panel["keys"]}
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The plan as a listing a person can check before anything is created."""
+    runs = plan["runs"]
+    lines = [f"W&B workspace and report {plan['title']!r} in {plan['entity']}/{plan['project']}",
+             f"runs: grouped by W&B run group (the model family), only {', '.join(runs['families'])}",
+             f"x-axis: {plan['x_axis']} (batches seen)"]
+    for section in plan["sections"]:
+        lines.append(f"\n[{section['name']}] {section['about']}")
+        for panel in section["panels"]:
+            against = f"  (x: {panel['x']})" if panel["kind"] == "line" else ""
+            lines.append(f"  {panel['kind']:<6} {', '.join(panel['keys']):<26} {panel['title']}{against}")
+    return "\n".join(lines)
+
+
+@dataclass
+class Dashboard:
+    """What ``main`` saves: a project workspace (the live view) and a report (a document to share)."""
+
+    plan: dict[str, Any]
+    workspace: Any  # wandb_workspaces.workspaces.Workspace
+    report: Any  # wandb_workspaces.reports.v2.Report
+
+
+def build_dashboard(entity: str, project: str, families: Sequence[str] = FAMILIES,
+                    metrics: Sequence[str] = SHARED_METRICS, pictures: Sequence[str] = PICTURES) -> Dashboard:
+    """The plan as wandb-workspaces objects; nothing is sent until their ``save()``."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+    from wandb_workspaces import expr
+
+    plan = dashboard_plan(entity, project, families, metrics, pictures)
+    families = plan["runs"]["families"]
+
+    def panel(spec: dict[str, Any], index: int):
+        layout = wr.Layout(x=8 * (index % 3), y=6 * (index // 3), w=8, h=6)  # three per row in a report
+        by_family = {"groupby": "Group", "groupby_aggfunc": "mean", "groupby_rangefunc": "minmax"}
+        if spec["kind"] == "line":
+            title_x = "batches seen" if spec["x"] == STEP else "seconds" if spec["x"] == RUNTIME else spec["x"]
+            return wr.LinePlot(title=spec["title"], x=spec["x"], y=list(spec["keys"]), title_x=title_x,
+                               layout=layout, **by_family)
+        if spec["kind"] == "bar":
+            return wr.BarPlot(title=spec["title"], metrics=list(spec["keys"]), orientation="v", layout=layout,
+                              **by_family)
+        if spec["kind"] == "images":
+            return wr.MediaBrowser(title=spec["title"], media_keys=list(spec["keys"]), layout=layout)
+        raise ValueError(f"unknown panel kind {spec['kind']!r}")
+
+    workspace = ws.Workspace(
+        entity=entity, project=project, name=plan["title"],
+        sections=[ws.Section(name=section["name"], is_open=True,
+                             panels=[panel(spec, i) for i, spec in enumerate(section["panels"])])
+                  for section in plan["sections"]],
+        settings=ws.WorkspaceSettings(x_axis=STEP),
+        runset_settings=ws.RunsetSettings(
+            groupby=[expr.Metric("Group")], filters=[expr.Metric("Group").isin(families)],
+            group_colors=dict(plan["runs"]["colors"]),
+            pinned_columns=[f"summary:{key}" for key in metrics],
+        ),
+    )
+    blocks = [wr.P(f"Runs of {entity}/{project} grouped by their W&B run group, the model family "
+                   f"({', '.join(families)}); curves are the mean of a family's runs with their min-max range.")]
+    for section in plan["sections"]:
+        runset = wr.Runset(entity=entity, project=project, name="runs by family", groupby=["group"],
+                           filters=[expr.Metric("Group").isin(families)])
+        blocks += [wr.H2(section["name"]), wr.P(section["about"]),
+                   wr.PanelGrid(runsets=[runset], panels=[panel(spec, i) for i, spec in enumerate(section["panels"])])]
+    report = wr.Report(entity=entity, project=project, title=plan["title"][:128], blocks=blocks,
+                       description="AE, VAE, GAN and PixelCNN on the metrics every model logs under the same name.")
+    return Dashboard(plan=plan, workspace=workspace, report=report)
+
+
+def _has_api_key() -> bool:
+    """Whether W&B credentials are configured (environment or ~/.netrc), decided without the network."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC") or Path.home() / ".netrc").authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def offline_reason(dry_run: bool = False) -> str | None:
+    """Why nothing may be sent to W&B now, or None when the dashboard can be saved."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if dry_run:
+        return "dry run (--dry-run)"
+    if mode in ("offline", "dryrun", "disabled"):
+        return f"W&B is offline (WANDB_MODE={mode})"
+    if not _has_api_key():
+        return "no W&B API key (set WANDB_API_KEY or run `wandb login`)"
+    return None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m lightning_gen dashboard", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"),
+                        help="W&B user or team that owns the project (default: $WANDB_ENTITY)")
+    parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "lightning-gen"),
+                        help="W&B project of the runs (default: $WANDB_PROJECT, else lightning-gen)")
+    parser.add_argument("--families", default=",".join(FAMILIES), help="run groups to compare, comma-separated")
+    parser.add_argument("--metrics", default=",".join(SHARED_METRICS), help="logged keys to plot, comma-separated")
+    parser.add_argument("--dry-run", "--dry_run", action="store_true", dest="dry_run",
+                        help="print what would be created; send nothing")
+    args = parser.parse_args(argv)
+    if not args.entity:
+        parser.error("--entity is needed (the W&B user or team of the project), or set WANDB_ENTITY")
+    dashboard = build_dashboard(args.entity, args.project, _names(args.families), _names(args.metrics))
+    reason = offline_reason(args.dry_run)
+    if reason:
+        print(f"{reason}: nothing was created. Online, this command creates:\n\n{format_plan(dashboard.plan)}")
+        return
+    try:
+        dashboard.workspace.save()
+        dashboard.report.save()
+    except Exception as error:  # the network, the key, the entity: all named in W&B's message
+        raise LightningGenError(
+            f"could not save the dashboard to W&B project {args.entity}/{args.project}: {error}. Check the "
+            "entity and `wandb login`, or look at it first with --dry-run."
+        ) from error
+    print(f"workspace: {dashboard.workspace.url}\nreport:    {dashboard.report.url}")
+
+
+if __name__ == "__main__":
+    main()
