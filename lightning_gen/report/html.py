@@ -85,8 +85,9 @@ def _curves_png(runs) -> bytes | None:
     return buffer.getvalue()
 
 
-def _img(png: bytes, alt: str) -> str:
-    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+def _img(png: bytes, alt: str, css_class: str = "") -> str:
+    return (f'<img class="{css_class}" alt="{html.escape(alt)}" '
+            f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
 
 
 # after loading, the page records how many images decoded, so a headless browser can check it
@@ -104,7 +105,7 @@ def render_html(runs) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lightning-gen comparison</title>",
              "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
-             "img{image-rendering:pixelated;margin:4px;max-width:100%}</style></head><body>",
+             "img{margin:4px;max-width:100%}img.grid{image-rendering:pixelated;zoom:2}</style></head><body>",
              "<h1>lightning-gen: runs side by side</h1>",
              "<p>Lower is better for FID, KID and NLL (bits/dim); higher for precision and recall. "
              "prior_fid: decoded N(0, I) samples; midpoint_fid: decoded midpoints of encoded test pairs "
@@ -125,7 +126,7 @@ def render_html(runs) -> str:
     for run in runs:
         parts.append(f"<h2 class='pictures' data-run='{html.escape(run.label)}'>{html.escape(run.label)}</h2>")
         for kind, png in run.pictures.items():
-            parts.append(f"<h3>{html.escape(kind)}</h3>{_img(png, f'{run.label} {kind}')}")
+            parts.append(f"<h3>{html.escape(kind)}</h3>{_img(png, f'{run.label} {kind}', 'grid')}")
     parts += [_IMAGE_CHECK, "</body></html>"]
     return "\n".join(parts)
 
