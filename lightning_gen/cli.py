@@ -41,6 +41,13 @@ class LightningGenCLI(LightningCLI):
             auto_configure_optimizers=False,  # each model takes its optimizer(s) as init arguments
             trainer_class=LightningGenTrainer,
             save_config_callback=SaveConfigToLoggers,
+            parser_kwargs=kwargs.pop("parser_kwargs", None) or {
+                "prog": "python -m lightning_gen",
+                "description": "Train, evaluate and compare generative models (AE, VAE, GAN, PixelCNN).",
+                "epilog": "Commands on finished runs (no config needed): `compare RUN_OR_CKPT ...` (an offline "
+                          "HTML/Markdown report) and `dashboard --entity E` (a W&B workspace and report); "
+                          "add --help to either for its options.",
+            },
             args=args,
             run=run,
             **kwargs,

@@ -244,3 +244,13 @@ def test_evaluate_and_sample_refuse_bad_requests(trained_run, monkeypatch, capsy
         assert exit_info.value.code == 2
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err
+
+
+def test_help_names_every_command_including_those_on_finished_runs(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith("usage: python -m lightning_gen")
+    for command in ("fit", "validate", "test", "predict", "evaluate", "sample", "compare", "dashboard"):
+        assert command in shown, command
