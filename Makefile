@@ -5,12 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/vae_fmnist.yaml
 
-.PHONY: install data system test run compare clean help
+.PHONY: install data system test run compare bench bench-quick clean help
 
 help:
 	@echo "make install  - create $(VENV), install $(TORCH_PAIR), lightning-gen[dev], Fashion-MNIST (apt)"
 	@echo "make test     - run the test suite (no network, no GPU)"
 	@echo "make run      - train the default VAE on Fashion-MNIST (CONFIG=$(CONFIG)), then test it"
+	@echo "make bench    - every benchmark, one after another (~1 h on 2 cores) -> benchmarks/README.md"
 	@echo "make compare  - train small AE, VAE, GAN and PixelCNN runs, then write $(COMPARE_DIR)/report/report.html"
 
 install:
@@ -57,6 +58,13 @@ compare:
 	$(call compare_fit,pixelcnn_fmnist) --trainer.max_epochs 1 --trainer.limit_train_batches 300
 	$(PY) -m lightning_gen compare $(call latest,ae_fmnist) $(call latest,vae_fmnist) \
 		$(call latest,gan_fmnist) $(call latest,pixelcnn_fmnist) --out $(COMPARE_DIR)/report
+
+# Every benchmark in turn; the page records date, machine and versions. BENCH_ARGS=--gpu on a GPU machine.
+bench:
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
+
+bench-quick:
+	$(PY) benchmarks/run_all.py --quick --out runs/bench_quick.md $(BENCH_ARGS)
 
 clean:
 	rm -rf runs .pytest_cache

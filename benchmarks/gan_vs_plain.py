@@ -116,26 +116,30 @@ def lightning_default_config(seconds: float) -> tuple[GAN, int, float]:
     return cli.model, counter.images, counter.seconds
 
 
-def quality(model, data) -> dict[str, float]:
-    settings = EvaluationSettings(metrics=["fid", "precision_recall"], num_samples=10_000, split="test", progress=False)
+def quality(model, data, num_samples: int = 10_000) -> dict[str, float]:
+    settings = EvaluationSettings(metrics=["fid", "precision_recall"], num_samples=num_samples, split="test",
+                                  max_real=num_samples, progress=False)
     return {r.name.replace("_fmnist_clf", ""): r.value for r in evaluate_model(model, data, settings, "cpu")}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--quick", action="store_true", help="3 s each, 500 samples: a crash check (CI), not a timing")
     args = parser.parse_args()
-    seconds = args.minutes * 60
+    if args.quick:
+        args.minutes = 0.05
+    seconds, num_samples = args.minutes * 60, 500 if args.quick else 10_000
     data = FashionMNISTDataModule()
     rows = []
     for name, run in (("plain PyTorch DCGAN", plain_dcgan), ("lightning-gen, same settings", lightning_same_settings),
                       ("lightning-gen gan_fmnist.yaml", lightning_default_config)):
         model, images, elapsed = run(seconds)
-        rows.append((name, images / elapsed, images, quality(model, data)))
+        rows.append((name, images / elapsed, images, quality(model, data, num_samples)))
         print(f"done: {name}", file=sys.stderr, flush=True)
     plain_rate = rows[0][1]
     print(f"\nGAN on Fashion-MNIST, {args.minutes:g} min of training each, batch {BATCH}, "
-          f"{torch.get_num_threads()} threads; FID etc. in fmnist_clf features, 10k samples vs 10k test images")
+          f"{torch.get_num_threads()} threads; FID etc. in fmnist_clf features, {num_samples} samples vs {num_samples} test images")
     print(f"{'run':<32} {'images/s':>9} {'vs plain':>9} {'images':>9} {'FID':>8} {'precision':>10} {'recall':>7}")
     for name, rate, images, q in rows:
         print(f"{name:<32} {rate:>9.0f} {rate / plain_rate:>8.3f}x {images:>9} {q['fid']:>8.1f} "

@@ -1,0 +1,83 @@
+"""Run every benchmark and rewrite the results page: ``make bench`` (or ``python benchmarks/run_all.py``).
+
+    python benchmarks/run_all.py                 # full runs (about an hour on a 2-core CPU) -> benchmarks/README.md
+    python benchmarks/run_all.py --quick --out /tmp/bench.md   # each benchmark's --quick mode: a crash check
+
+Each benchmark is also runnable alone and prints its own table of ratios measured side by side in one
+run (so they mean something on a noisy machine). This runner only starts them one after another (never
+two at once: they would distort each other's timings), and writes their printed tables under a header
+with the date, the machine and the library versions. With ``--gpu``, the benchmarks that take a device
+run on the GPU and the page says so. A benchmark that crashes makes the runner fail; a slow one does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# name -> (what it measures, extra arguments on a GPU)
+BENCHMARKS = {
+    "vae_throughput": ("default VAE: data loading, Lightning training step, IWAE evaluation (images/s)", []),
+    "gan_vs_plain": ("GAN: Lightning vs a hand-written DCGAN loop at the same budget (throughput ratio, FID)", []),
+    "pixelcnn_sampling": ("PixelCNN: cached fast sampler vs one full pass per pixel (samples/s)", ["--device", "cuda"]),
+    "pixelcnn_vs_plain": ("PixelCNN: gated (Lightning) vs a hand-written classic PixelCNN at the same budget", []),
+    "evaluation": ("metric sanity on degraded images; evaluation with cached vs uncached real features", []),
+    "ddp_scaling": ("training throughput with 1 and 2 DDP processes", ["--accelerator", "gpu"]),
+}
+
+
+def machine() -> list[str]:
+    import lightning
+    import torch
+    import torchmetrics
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return [f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
+            f"- CPU: {cpu}, {os.cpu_count()} cores; GPU: {gpu}",
+            f"- python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
+            f"torchmetrics {torchmetrics.__version__}"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="each benchmark's --quick mode (CI: fails only on a crash)")
+    parser.add_argument("--gpu", action="store_true", help="run the benchmarks that take a device on the GPU")
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="a subset of the benchmarks")
+    parser.add_argument("--out", type=Path, default=HERE / "README.md", help="the page to (re)write")
+    args = parser.parse_args()
+    mode = "quick (crash check, numbers not meaningful)" if args.quick else "full"
+    page = ["# Benchmarks", "", "Written by `make bench` (`benchmarks/run_all.py`); every table is a script's own "
+            "output. Ratios are measured side by side within one run.", "", *machine(),
+            f"- mode: {mode}; device: {'GPU where the benchmark takes one' if args.gpu else 'CPU'}", ""]
+    failed = []
+    for name in args.only or BENCHMARKS:
+        description, gpu_args = BENCHMARKS[name]
+        command = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if args.quick else []),
+                   *(gpu_args if args.gpu else [])]
+        print(f"running {name} ...", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        page += [f"## {name}", "", f"{description}. `python benchmarks/{name}.py` ({seconds:.0f} s)", ""]
+        if result.returncode:
+            failed.append(name)
+            page += ["FAILED:", "", "```", result.stderr[-3000:], "```", ""]
+        else:
+            page += ["```", result.stdout.strip(), "```", ""]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(page))
+    print(f"results: {args.out}", file=sys.stderr)
+    if failed:
+        raise SystemExit(f"benchmarks that crashed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
