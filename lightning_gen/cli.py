@@ -11,7 +11,6 @@ import json
 import sys
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import CONFIGS
-from contract import GenerativeModelContract, file_digests
+from contract import GenerativeModelContract
 from lightning_gen.cli import LightningGenCLI
 from lightning_gen.data import ToyMixtureDataModule
 from lightning_gen.data.toy import mixture_means

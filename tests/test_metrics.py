@@ -3,7 +3,6 @@ real Fashion-MNIST (each ordering could fail), the real-feature cache, likelihoo
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np

@@ -6,8 +6,6 @@ touches pixel ranges itself (pixel convention: ``lightning_gen.data.pixels``).
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor

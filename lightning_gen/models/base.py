@@ -116,15 +116,21 @@ class GenerativeModule(pl.LightningModule):
         if states["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(states["cuda"])
         saved, rank = states["training"], self.global_rank
-        self._training_rng = torch.Generator(device=states["training_device"])
+        if torch.device(states["training_device"]).type != self.device.type:
+            # generator states do not carry over between device types
+            rank_zero_warn(f"the checkpoint's training noise came from {states['training_device']}; on "
+                           f"{self.device} it restarts from the per-process seeds")
+            self._training_rng = None
+            return
+        self._training_rng = torch.Generator(device=self.device)
         if len(saved) == self.trainer.world_size:
             self._training_rng.set_state(saved[rank])
         else:  # resumed on another number of processes: continue rank 0's stream, offset per rank
             rank_zero_warn(f"the checkpoint was written by {len(saved)} process(es) and is resumed on "
                            f"{self.trainer.world_size}: training noise continues from new per-process seeds")
             self._training_rng.set_state(saved[0])
-            offset = int(torch.randint(2**62, (1,), generator=self._training_rng)) + rank
-            self._training_rng.manual_seed(offset)
+            draw = torch.randint(2**62, (1,), generator=self._training_rng, device=self.device)
+            self._training_rng.manual_seed(int(draw) + rank)
 
     @classmethod
     def load_checkpoint(cls, path: str | Path, map_location: Any = "cpu", **overrides: Any) -> "GenerativeModule":

@@ -11,8 +11,8 @@ Step counting: Lightning's ``trainer.global_step`` counts optimizer steps, so on
 model; loggers plot against batches seen, the same x-axis for every model.
 
 Exact resume: checkpoints hold G, D, EMA-G, both optimizers and schedulers, the loop counters, every
-process's training generator (the latents) and the global torch RNG state (which orders the data), so a run resumed at
-an epoch boundary continues bit for bit as if it had never stopped.
+process's training generator (the latents) and the global torch RNG state (which orders the data), so
+a run resumed at an epoch boundary continues bit for bit as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from lightning_gen.data.pixels import from_signed, to_signed
 from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_value, r1_penalty
 from lightning_gen.models.base import GenerativeModule
 from lightning_gen.nets.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
-
 
 
 def _adam_for_gans(params):

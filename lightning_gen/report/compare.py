@@ -22,7 +22,6 @@ import argparse
 import csv
 import io
 import json
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,8 +30,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
-from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, read_checkpoint
 from lightning_gen.callbacks.pictures import picture_grids
+from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, read_checkpoint
+from lightning_gen.cli import import_class
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import CheckpointError, LightningGenError
 from lightning_gen.metrics.registry import (
@@ -66,11 +66,6 @@ class ComparedRun:
     pictures: dict[str, bytes] = field(default_factory=dict)  # kind -> PNG
 
 
-def _import(class_path: str):
-    module, _, name = class_path.rpartition(".")
-    return getattr(__import__(module, fromlist=[name]), name)
-
-
 def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
     """A run folder or a checkpoint -> (checkpoint, run folder or None)."""
     path = Path(path)
@@ -97,8 +92,8 @@ def load_run(path: str | Path, device: torch.device):
     if model_class is None or data is None:
         raise CheckpointError(f"{checkpoint_path} does not record its model class and data; it was not "
                               "written by `python -m lightning_gen fit`")
-    model = _import(model_class).load_checkpoint(checkpoint_path, map_location=device).eval()
-    datamodule = _import(data["class_path"])(**data["init_args"])
+    model = import_class(model_class).load_checkpoint(checkpoint_path, map_location=device).eval()
+    datamodule = import_class(data["class_path"])(**data["init_args"])
     run = ComparedRun(_label(checkpoint_path, folder), checkpoint_path, folder, model_class)
     return run, model, datamodule
 
