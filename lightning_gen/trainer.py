@@ -26,14 +26,13 @@ from lightning_gen.checkpoints import check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.registry import (
-    LIKELIHOOD_METRICS,
     SAMPLE_METRICS,
     EvaluationSettings,
     MetricResult,
     evaluate_model,
     parse_metric_names,
+    supported_metrics,
 )
-from lightning_gen.models.base import has_surface
 
 
 def _load_weights(model, ckpt_path: str | None, command: str):
@@ -107,7 +106,7 @@ class LightningGenTrainer(Trainer):
         if datamodule is None:
             raise LightningGenError("`evaluate` needs the real data: pass --config or --data, or a checkpoint that records it")
         if metrics is None:
-            names = list(SAMPLE_METRICS) + (["nll_bpd"] if has_surface(model, LIKELIHOOD_METRICS["nll_bpd"]) else [])
+            names = supported_metrics(model, [*SAMPLE_METRICS, "nll_bpd"])
         else:
             names = parse_metric_names(metrics)
         settings = EvaluationSettings(metrics=names, num_samples=num_samples, split=split, max_real=max_real,

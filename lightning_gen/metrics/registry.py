@@ -94,6 +94,11 @@ def parse_metric_names(metrics: str | Sequence[str]) -> list[str]:
     return names
 
 
+def supported_metrics(model: nn.Module, metrics: Sequence[str]) -> list[str]:
+    """The metrics of ``metrics`` that ``model`` can be scored on: a likelihood metric needs its surface."""
+    return [name for name in metrics if name not in LIKELIHOOD_METRICS or has_surface(model, LIKELIHOOD_METRICS[name])]
+
+
 def check_model_supports(model: nn.Module, metrics: Sequence[str]) -> None:
     """Raise if a metric needs a surface the model lacks (e.g. a likelihood from a GAN)."""
     for name in metrics:

@@ -36,12 +36,11 @@ from lightning_gen.cli import import_class
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import CheckpointError, LightningGenError
 from lightning_gen.metrics.registry import (
-    LIKELIHOOD_METRICS,
-    SAMPLE_METRICS,
     EvaluationSettings,
     MetricResult,
     evaluate_model,
     parse_metric_names,
+    supported_metrics,
 )
 from lightning_gen.models.base import has_surface
 
@@ -196,7 +195,7 @@ def compare(paths: list[str], out: str | Path = "comparison", metrics: str = "fi
     runs = []
     for path in paths:
         run, model, datamodule = load_run(path, torch_device)
-        supported = [m for m in wanted if m in SAMPLE_METRICS or has_surface(model, LIKELIHOOD_METRICS.get(m, ""))]
+        supported = supported_metrics(model, wanted)
         run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device)
         if latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
             fid_only = replace(settings, metrics=["fid"])
