@@ -6,11 +6,14 @@ command line (``--model.init_args.latent_dim 32``) and ``--print_config`` shows 
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -18,13 +21,22 @@ import yaml
 from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, read_checkpoint
+from lightning_gen.callbacks.stop import GracefulStop
+from lightning_gen.checkpoints import (
+    DATAMODULE_KEY,
+    MODEL_CLASS_KEY,
+    AtomicCheckpointIO,
+    check_model_class,
+    read_checkpoint,
+)
 from lightning_gen.data.base import SplitDataModule
-from lightning_gen.errors import CheckpointError, LightningGenError
+from lightning_gen.errors import CheckpointError, LightningGenError, TrainingStopped
 from lightning_gen.models.base import GenerativeModule
-from lightning_gen.runs import run_folder
+from lightning_gen.runs import check_writable, checkpoint_space_needed, newest_last_checkpoint, run_folder
 from lightning_gen.trainer import LightningGenTrainer
 
 _CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
@@ -87,7 +99,13 @@ class LightningGenCLI(LightningCLI):
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
             rank_zero_info(f"{type(self.model).__name__} trains its parameters in separate phases: using "
                            "strategy ddp_find_unused_parameters_true for --trainer.strategy ddp")
-        return super().instantiate_trainer(**kwargs)
+        trainer = super().instantiate_trainer(**kwargs)
+        # a crash or a full disk never leaves a half-written .ckpt (unless the user chose their own I/O)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not any(isinstance(callback, GracefulStop) for callback in trainer.callbacks):
+            trainer.callbacks.append(GracefulStop())
+        return trainer
 
     # --- boundary checks before any work starts --------------------------------------------------
     def _parse_ckpt_path(self) -> None:
@@ -106,6 +124,17 @@ class LightningGenCLI(LightningCLI):
 
     # --- what the user sees at the end -----------------------------------------------------------
     def before_fit(self) -> None:
+        # a read-only or full run folder fails here, before any training time is spent
+        folders = {run_folder(self.trainer)} | {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
+                                                if isinstance(c, ModelCheckpoint) and c.dirpath}
+        for folder in folders:
+            check_writable(folder, needed_bytes=checkpoint_space_needed(self.model))
+        if self.config_init.fit.get("ckpt_path") == "last":
+            # Lightning looks for last.ckpt in this run's new version folder only, where there is none
+            found = newest_last_checkpoint(self.trainer)
+            if found is not None:
+                rank_zero_info(f"--ckpt_path last: resuming from {found}")
+                self.config_init.fit.ckpt_path = str(found)
         self._fit_started = time.perf_counter()
 
     def after_fit(self) -> None:
@@ -170,6 +199,7 @@ def write_run_record(trainer, fit_seconds: float) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     record = {"fit_seconds": round(fit_seconds, 2), "epochs": trainer.current_epoch,
               "global_step": trainer.global_step, "processes": trainer.world_size,
+              "resumed_from": str(trainer.ckpt_path) if trainer.ckpt_path else None,
               "model_class": f"{type(trainer.lightning_module).__module__}.{type(trainer.lightning_module).__name__}"}
     (folder / RUN_RECORD).write_text(json.dumps(record, indent=1))
 
@@ -234,8 +264,16 @@ def args_from_checkpoint(args: list[str]) -> list[str]:
 RUN_COMMANDS = {"compare": "lightning_gen.report.compare", "dashboard": "lightning_gen.report.dashboard"}
 
 
+DEBUG_VARIABLE = "LIGHTNING_GEN_DEBUG"
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
 def main(args: list[str] | None = None) -> None:
+    """Errors a user can fix print one line (``lightning-gen: error: ...``) and exit non-zero; with
+    ``--debug`` (anywhere on the command line) or ``LIGHTNING_GEN_DEBUG=1`` they show their traceback."""
     args = sys.argv[1:] if args is None else list(args)
+    debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
     try:
         if args and args[0] in RUN_COMMANDS:
             importlib.import_module(RUN_COMMANDS[args[0]]).main(args[1:])
@@ -245,8 +283,24 @@ def main(args: list[str] | None = None) -> None:
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         LightningGenCLI(args=args)
     except LightningGenError as error:
-        print(f"lightning-gen: error: {error}", file=sys.stderr)
+        if debug:
+            raise
+        prefix = "lightning-gen:" if isinstance(error, TrainingStopped) else "lightning-gen: error:"
+        print(f"{prefix} {error}", file=sys.stderr)
+        raise SystemExit(error.exit_code) from None
+    except OSError as error:
+        if debug or error.errno not in _DISK_ERRORS:
+            raise
+        print(f"lightning-gen: error: cannot write {error.filename or 'a file of the run'} ({error.strerror}). "
+              "Checkpoints already saved are whole (they are written atomically). Free disk space or make the "
+              "folder writable, or point --trainer.default_root_dir and the logger's save_dir at another "
+              "folder; then resume with --ckpt_path last.", file=sys.stderr)
         raise SystemExit(2) from None
+    except SIGTERMException:
+        # Lightning's own SIGTERM stop (end of an epoch, inside validation) is a SystemExit with code 0:
+        # a run that did not finish must not look like one that did
+        print(f"lightning-gen: {GracefulStop.last_stop_message or 'stopped by SIGTERM'}", file=sys.stderr)
+        raise SystemExit(128 + 15) from None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import lightning.pytorch as pl
 
+from lightning_gen.faults import kill_point
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
     EvaluationSettings,
@@ -15,7 +16,7 @@ from lightning_gen.metrics.registry import (
     evaluate_model,
     parse_metric_names,
 )
-from lightning_gen.runs import run_folder
+from lightning_gen.runs import run_folder, writing
 
 
 class EvaluationCallback(pl.Callback):
@@ -79,6 +80,7 @@ class EvaluationCallback(pl.Callback):
         start = time.perf_counter()
         settings = replace(self.settings, progress=trainer.is_global_zero and bool(trainer.progress_bar_callback))
         results = evaluate_model(pl_module, trainer.datamodule, settings, pl_module.device)
+        kill_point("evaluation")
         for result in results:
             # every process computed the same synced value: the max over processes returns it exactly
             # (and tells Lightning the value is synced, rather than a per-process number)
@@ -87,7 +89,7 @@ class EvaluationCallback(pl.Callback):
         if trainer.is_global_zero:
             folder = run_folder(trainer)
             folder.mkdir(parents=True, exist_ok=True)
-            with open(folder / "evaluation.jsonl", "a") as log:
-                for result in results:
-                    record = {"epoch": trainer.current_epoch, "step": trainer.global_step, **result.to_dict()}
-                    log.write(json.dumps(record) + "\n")
+            lines = [json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, **result.to_dict()})
+                     for result in results]
+            with writing(folder / "evaluation.jsonl", "evaluation log"), open(folder / "evaluation.jsonl", "a") as log:
+                log.write("".join(line + "\n" for line in lines))  # one write: a crash leaves no partial line

@@ -7,6 +7,8 @@ and also handed to each logger that can show images: ``log_image`` (W&B) or
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,8 +17,9 @@ from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
 from lightning_gen.data.base import batch_images
+from lightning_gen.faults import kill_point
 from lightning_gen.models.base import has_surface
-from lightning_gen.runs import run_folder
+from lightning_gen.runs import run_folder, writing
 
 
 def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Path:
@@ -24,7 +27,13 @@ def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Pat
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
     path = run_folder(trainer) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:04d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(grid, path)
+    partial = path.with_name(f".{path.name}.partial")
+    try:  # whole or absent: a full disk or a crash leaves no truncated PNG
+        with writing(path, "picture"):
+            save_image(grid, partial, format="png")
+            os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     step = trainer.global_step
     for logger in trainer.loggers:
         if callable(getattr(logger, "log_image", None)):  # W&B
@@ -98,6 +107,7 @@ class PictureLogger(pl.Callback):
                               self.num_interpolations, self.interpolation_steps)
         for kind, (images, nrow) in grids.items():
             self.written.append(log_picture(trainer, f"{stage}/{kind}", images, nrow))
+            kill_point("pictures")
         model.train(was_training)
 
 

@@ -20,8 +20,20 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, check_model_class, class_path, read_checkpoint
+from lightning_gen import __version__
+from lightning_gen.checkpoints import (
+    DATAMODULE_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    MODEL_CLASS_KEY,
+    WRITER_KEY,
+    check_format,
+    check_model_class,
+    class_path,
+    read_checkpoint,
+)
 from lightning_gen.errors import DivergenceError
+from lightning_gen.faults import kill_point
 
 
 RNG_KEY = "lightning_gen_rng"  # checkpoint entry: the global torch RNG and every process's training generator
@@ -65,7 +77,7 @@ class GenerativeModule(pl.LightningModule):
         Raising here (not stepping) leaves weights, optimizer states and every checkpoint already
         written untouched: the last good checkpoint stays the one to resume from.
         """
-        bad = {name: float(value) for name, value in losses.items() if not torch.isfinite(value).all()}
+        bad = {name: float(value.detach().sum()) for name, value in losses.items() if not torch.isfinite(value).all()}
         if not bad:
             return
         trainer = self._trainer
@@ -78,6 +90,9 @@ class GenerativeModule(pl.LightningModule):
             + (f"The last good checkpoint is {last}; resume from it with --ckpt_path and " if last else "Try ")
             + "lower learning rates, another objective, or gradient clipping."
         )
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        kill_point("optimizer_step")  # the crash tests' seam: gradients computed, weights not yet updated
 
     def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Images in [0, 1] -> what ``encode`` and ``log_likelihood`` take (identity unless overridden)."""
@@ -101,6 +116,7 @@ class GenerativeModule(pl.LightningModule):
             "training_device": str(self.training_rng.device),
         }
         checkpoint[MODEL_CLASS_KEY] = class_path(type(self))
+        checkpoint[FORMAT_KEY], checkpoint[WRITER_KEY] = FORMAT_VERSION, __version__
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         if datamodule is not None and getattr(datamodule, "hparams", None) is not None:
             init_args = {k: v for k, v in datamodule.hparams.items() if not k.startswith("_")}
@@ -108,6 +124,7 @@ class GenerativeModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # runs before the state dict is loaded, both for `fit --ckpt_path` and `load_from_checkpoint`
+        check_format(checkpoint)
         check_model_class(checkpoint, type(self))
         states = checkpoint.get(RNG_KEY)
         if not states or self._trainer is None:
