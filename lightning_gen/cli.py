@@ -6,10 +6,14 @@ command line (``--model.init_args.latent_dim 32``) and ``--print_config`` shows 
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import errno
 import importlib
+import inspect
 import json
 import os
+import re
 import sys
 import time
 import warnings
@@ -34,7 +38,7 @@ from lightning_gen.checkpoints import (
     read_checkpoint,
 )
 from lightning_gen.data.base import SplitDataModule
-from lightning_gen.errors import CheckpointError, LightningGenError, TrainingStopped
+from lightning_gen.errors import CheckpointError, LightningGenError, RunFolderError, TrainingStopped
 from lightning_gen.models.base import GenerativeModule
 from lightning_gen.runs import check_writable, checkpoint_space_needed, newest_last_checkpoint, run_folder
 from lightning_gen.trainer import LightningGenTrainer
@@ -44,6 +48,8 @@ _CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
 
 class LightningGenCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, **kwargs):
+        command_line = sys.argv[1:] if args is None else args
+        self._command_line = [str(arg) for arg in command_line] if isinstance(command_line, (list, tuple)) else []
         super().__init__(
             model_class=GenerativeModule,
             subclass_mode_model=True,
@@ -52,12 +58,14 @@ class LightningGenCLI(LightningCLI):
             auto_configure_optimizers=False,  # each model takes its optimizer(s) as init arguments
             trainer_class=LightningGenTrainer,
             save_config_callback=SaveConfigToLoggers,
+            parser_class=ConciseArgumentParser,
             parser_kwargs=kwargs.pop("parser_kwargs", None) or {
                 "prog": "python -m lightning_gen",
                 "description": "Train, evaluate and compare generative models (AE, VAE, GAN, PixelCNN).",
                 "epilog": "Commands on finished runs (no config needed): `compare RUN_OR_CKPT ...` (an offline "
                           "HTML/Markdown report) and `dashboard --entity E` (a W&B workspace and report); "
-                          "add --help to either for its options.",
+                          "add --help to either for its options. Errors print one line; --debug (or "
+                          "LIGHTNING_GEN_DEBUG=1) shows their traceback.",
             },
             args=args,
             run=run,
@@ -121,9 +129,37 @@ class LightningGenCLI(LightningCLI):
             configured = import_class(self.config[subcommand].model.class_path)
             check_model_class(read_checkpoint(ckpt_path), configured, ckpt_path)
         super()._parse_ckpt_path()
+        # Lightning replaces the model's arguments with the checkpoint's: right over a config file (the
+        # checkpoint says what was trained), wrong over an option typed on this command line, which the
+        # user asked for explicitly (e.g. `sample --model.init_args.sampler reference`): put those back
+        overrides = _model_overrides(self._command_line)
+        if ckpt_path and overrides:
+            model = {"class_path": self.config[subcommand].model.class_path, "init_args": overrides}
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     # --- what the user sees at the end -----------------------------------------------------------
+    def _read_data_first(self, stage: str) -> None:
+        """Missing, corrupt or undecodable data fails before Lightning creates a run folder for the run.
+
+        Lightning's own order creates the logger's version folder before ``DataModule.setup``. In one
+        process we run ``prepare_data`` and ``setup`` first (both are no-ops when Lightning repeats them);
+        under DDP the processes must keep Lightning's order (rank 0 prepares, the others wait).
+        """
+        if self.datamodule is not None and self.trainer.world_size == 1:
+            self.datamodule.prepare_data()
+            self.datamodule.setup(stage)
+
+    def before_validate(self) -> None:
+        self._read_data_first("validate")
+
+    def before_test(self) -> None:
+        self._read_data_first("test")
+
+    def before_predict(self) -> None:
+        self._read_data_first("predict")
+
     def before_fit(self) -> None:
+        self._read_data_first("fit")
         # a read-only or full run folder fails here, before any training time is spent
         folders = {run_folder(self.trainer)} | {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
                                                 if isinstance(c, ModelCheckpoint) and c.dirpath}
@@ -168,6 +204,73 @@ class LightningGenCLI(LightningCLI):
     def _print_summary(self) -> None:
         if self.trainer.is_global_zero:
             print(run_summary(self.trainer, _scalar_metrics(self.trainer.callback_metrics)), flush=True)
+
+
+class ConciseArgumentParser(LightningArgumentParser):
+    """A bad option or config value ends in one message naming it (with the closest valid name) rather
+    than the whole usage text and jsonargparse's account of every type it tried."""
+
+    def error(self, message: str, ex: Exception | None = None):
+        if not self.exit_on_error or _debug_requested():
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"lightning-gen: error: {condense_parser_message(message, parser)}\n"
+                         f"  (every option: {prog} --help; the resolved config: --print_config; "
+                         "the parser's full message: --debug)\n")
+        raise SystemExit(2)
+
+
+_PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
+                 "Given value:", "Expected a <class 'NoneType'>", "Expected a path but")
+
+
+def condense_parser_message(message: str, parser=None) -> str:
+    """jsonargparse's multi-line union report, cut to the lines that say what is wrong, plus a suggestion."""
+    lines = [line.strip().removeprefix("- ") for line in message.splitlines()]
+    kept = [line for line in lines if line and not line.startswith(_PARSER_NOISE)]
+    text = " ".join(kept)
+    unknown_init_arg = re.search(r"class_path '([\w.]+)'.*?Option '(\w+)' is not accepted", text)
+    unknown_option = re.search(r"does not accept option '([\w.]+)'|unrecognized arguments: --([\w.]+)", text, re.I)
+    choices: list[str] = []
+    wrong = None
+    if unknown_init_arg:
+        wrong = unknown_init_arg[2]
+        with contextlib.suppress(Exception):
+            choices = _init_parameters(import_class(unknown_init_arg[1]))
+    elif unknown_option and parser is not None:
+        wrong = unknown_option[1] or unknown_option[2]
+        choices = [action.dest for action in _all_actions(parser)]
+    close = difflib.get_close_matches(wrong, choices, n=1, cutoff=0.7) if wrong else []
+    return text + (f" Did you mean '{close[0]}'?" if close else "")
+
+
+def _init_parameters(cls: type) -> list[str]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` passed on to base classes."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names += [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        if not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters):
+            break
+    return names
+
+
+def _all_actions(parser):
+    """The parser's options and those of its subcommands."""
+    yield from parser._actions
+    for action in parser._actions:
+        for subparser in getattr(action, "_name_parser_map", {}).values():
+            yield from subparser._actions
+
+
+_debug_flag = False  # --debug on the command line of the running main()
+
+
+def _debug_requested() -> bool:
+    return _debug_flag or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
 
 
 class SaveConfigToLoggers(SaveConfigCallback):
@@ -233,6 +336,22 @@ def run_summary(trainer, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+def _model_overrides(args: list[str]) -> dict:
+    """``--model.init_args.NAME VALUE`` (or ``=VALUE``) options of a command line, values parsed as YAML."""
+    overrides = {}
+    for i, arg in enumerate(args):
+        if not arg.startswith("--model.init_args."):
+            continue
+        key, has_value, value = arg.removeprefix("--model.init_args.").partition("=")
+        if not has_value:
+            if i + 1 >= len(args):
+                continue
+            value = args[i + 1]
+        if "." not in key:  # nested keys (an optimizer's init_args) are left to the parser
+            overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def _option(args: list[str], name: str) -> str | None:
     for i, arg in enumerate(args):
         if arg == name and i + 1 < len(args):
@@ -272,8 +391,10 @@ def main(args: list[str] | None = None) -> None:
     """Errors a user can fix print one line (``lightning-gen: error: ...``) and exit non-zero; with
     ``--debug`` (anywhere on the command line) or ``LIGHTNING_GEN_DEBUG=1`` they show their traceback."""
     args = sys.argv[1:] if args is None else list(args)
-    debug = "--debug" in args or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+    global _debug_flag
+    _debug_flag = "--debug" in args  # read by the argument parser's errors too
     args = [arg for arg in args if arg != "--debug"]
+    debug = _debug_requested()
     try:
         if args and args[0] in RUN_COMMANDS:
             importlib.import_module(RUN_COMMANDS[args[0]]).main(args[1:])
@@ -282,25 +403,39 @@ def main(args: list[str] | None = None) -> None:
         # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns about
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         LightningGenCLI(args=args)
-    except LightningGenError as error:
-        if debug:
-            raise
-        prefix = "lightning-gen:" if isinstance(error, TrainingStopped) else "lightning-gen: error:"
-        print(f"{prefix} {error}", file=sys.stderr)
-        raise SystemExit(error.exit_code) from None
-    except OSError as error:
-        if debug or error.errno not in _DISK_ERRORS:
-            raise
-        print(f"lightning-gen: error: cannot write {error.filename or 'a file of the run'} ({error.strerror}). "
-              "Checkpoints already saved are whole (they are written atomically). Free disk space or make the "
-              "folder writable, or point --trainer.default_root_dir and the logger's save_dir at another "
-              "folder; then resume with --ckpt_path last.", file=sys.stderr)
-        raise SystemExit(2) from None
     except SIGTERMException:
         # Lightning's own SIGTERM stop (end of an epoch, inside validation) is a SystemExit with code 0:
         # a run that did not finish must not look like one that did
         print(f"lightning-gen: {GracefulStop.last_stop_message or 'stopped by SIGTERM'}", file=sys.stderr)
         raise SystemExit(128 + 15) from None
+    except Exception as error:
+        fixable = fixable_error(error)
+        if fixable is None or debug:
+            raise
+        prefix = "lightning-gen:" if isinstance(fixable, TrainingStopped) else "lightning-gen: error:"
+        print(f"{prefix} {fixable}", file=sys.stderr)
+        raise SystemExit(fixable.exit_code) from None
+    finally:
+        _debug_flag = False
+
+
+def fixable_error(error: BaseException) -> LightningGenError | None:
+    """The error a user can fix from its message, if ``error`` is one or was raised because of one
+    (jsonargparse wraps errors raised while it builds the classes), or a failed write to a full or
+    read-only disk."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, LightningGenError):
+            return error
+        if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+            return RunFolderError(
+                f"cannot write {error.filename or 'a file of the run'} ({error.strerror}). Checkpoints already "
+                "saved are whole (they are written atomically). Free disk space or make the folder writable, or "
+                "point --trainer.default_root_dir and the logger's save_dir at another folder; then resume with "
+                "--ckpt_path last.")
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

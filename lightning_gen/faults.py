@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import signal
 
+from lightning_gen.errors import ConfigValueError
+
 KILL_AT_VARIABLE = "LIGHTNING_GEN_KILL_AT"
 KILL_POINTS = ("checkpoint_half_written", "checkpoint_before_rename", "evaluation", "pictures", "optimizer_step")
 _reached: dict[str, int] = {}
@@ -22,7 +24,7 @@ def kill_point(name: str) -> None:
         return
     point, _, count = wanted.partition(":")
     if point not in KILL_POINTS:
-        raise ValueError(f"{KILL_AT_VARIABLE}={wanted!r}: unknown point; choose one of {', '.join(KILL_POINTS)}")
+        raise ConfigValueError(f"{KILL_AT_VARIABLE}={wanted!r}: unknown point; choose one of {', '.join(KILL_POINTS)}")
     if point != name:
         return
     _reached[name] = _reached.get(name, 0) + 1

@@ -72,7 +72,6 @@ def newest_last_checkpoint(trainer: pl.Trainer) -> Path | None:
     for logger in trainer.loggers:
         if isinstance(logger, (CSVLogger, TensorBoardLogger)):
             candidates += Path(logger.root_dir).glob("version_*/checkpoints/last*.ckpt")
-    candidates += Path(trainer.default_root_dir).glob("checkpoints/last*.ckpt")
     return max(candidates, key=lambda path: path.stat().st_mtime, default=None)
 
 

@@ -48,9 +48,13 @@ def format_table(results: list[MetricResult]) -> str:
     lines = [f"{'metric':<24} {'value':>12}  protocol"]
     for result in results:
         p = result.protocol
-        where = (f"{p.get('features')} features, {p.get('num_generated')} samples vs {p.get('num_real')} "
-                 f"{p.get('real_split')} images" if "features" in p else
-                 f"{p.get('num_images')} {p.get('split')} images, {p.get('estimator', 'exact')}")
+        if "features" in p:
+            where = (f"{p['features']} features, {p.get('num_generated')} samples vs {p.get('num_real')} "
+                     f"{p.get('real_split')} images")
+        elif "mixture" in p:
+            where = f"{p.get('num_generated')} samples of the {p['mixture']} mixture, {p.get('high_quality')}"
+        else:
+            where = f"{p.get('num_images')} {p.get('split')} images, {p.get('estimator', 'exact')}"
         lines.append(f"{result.name:<24} {result.value:>12.5f}  {where}")
     return "\n".join(lines)
 
@@ -68,6 +72,20 @@ def write_metrics_json(ckpt_path: str, results: list[MetricResult], settings: Ev
     temporary.write_text(json.dumps(everything, indent=2) + "\n")
     os.replace(temporary, path)
     return path
+
+
+def save_scatter(points: torch.Tensor, path: Path) -> None:
+    """A scatter plot of the first two coordinates of ``points`` ``[N, D]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(4, 4))
+    axes.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
+    axes.set_aspect("equal")
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
 
 
 class LightningGenTrainer(Trainer):
@@ -105,7 +123,9 @@ class LightningGenTrainer(Trainer):
         _load_weights(model, ckpt_path, "evaluate")
         if datamodule is None:
             raise LightningGenError("`evaluate` needs the real data: pass --config or --data, or a checkpoint that records it")
-        if metrics is None:
+        if metrics is None and len(model.data_shape) == 1:  # points of a toy mixture: no image features
+            names = ["mode_coverage"]
+        elif metrics is None:
             names = supported_metrics(model, [*SAMPLE_METRICS, "nll_bpd"])
         else:
             names = parse_metric_names(metrics)
@@ -153,11 +173,17 @@ class LightningGenTrainer(Trainer):
                 n = min(batch_size, num_samples - sum(len(b) for b in batches))
                 batches.append(model.sample(n, generator=generator, **stepwise).cpu())
                 bar.update(n)
-        images = torch.cat(batches)
+        samples = torch.cat(batches)
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(folder / "samples.npz", images=to_uint8_levels(images).to(torch.uint8).numpy())
-        if images.dim() == 4:
-            save_image(images, folder / "samples.png", nrow=max(1, int(math.sqrt(len(images)))), padding=2, pad_value=1.0)
-        print(f"{len(images)} samples (seed {seed}) -> {folder / 'samples.npz'} (images: uint8, NCHW) and {folder / 'samples.png'}")
+        if samples.dim() == 4:
+            np.savez_compressed(folder / "samples.npz", images=to_uint8_levels(samples).to(torch.uint8).numpy())
+            save_image(samples, folder / "samples.png", nrow=max(1, int(math.sqrt(len(samples)))), padding=2,
+                       pad_value=1.0)
+            kind = "images: uint8, NCHW"
+        else:  # points (toy 2-D data): their coordinates, and a scatter plot
+            np.savez_compressed(folder / "samples.npz", points=samples.numpy())
+            save_scatter(samples, folder / "samples.png")
+            kind = f"points: float32, [N, {samples.shape[1]}]"
+        print(f"{len(samples)} samples (seed {seed}) -> {folder / 'samples.npz'} ({kind}) and {folder / 'samples.png'}")
         return folder

@@ -254,3 +254,15 @@ def test_help_names_every_command_including_those_on_finished_runs(capsys):
     assert shown.startswith("usage: python -m lightning_gen")
     for command in ("fit", "validate", "test", "predict", "evaluate", "sample", "compare", "dashboard"):
         assert command in shown, command
+
+
+def test_a_model_option_typed_on_the_command_line_wins_over_the_checkpoint(trained_run, monkeypatch, tmp_path):
+    monkeypatch.chdir(trained_run)
+    ckpt = str(_run_folders(trained_run)[0] / "checkpoints" / "last.ckpt")
+    command = ["validate", "--config", str(CONFIGS / "vae_fmnist.yaml"), "--ckpt_path", ckpt, *FAST[:2],
+               "--trainer.limit_val_batches", "1", "--trainer.callbacks", "[]", "--trainer.default_root_dir",
+               str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
+    from_checkpoint = LightningGenCLI(args=command).model
+    assert from_checkpoint.val_importance_samples == 2  # the trained run's value beats the config file's 8
+    typed = LightningGenCLI(args=[*command, "--model.init_args.val_importance_samples", "3"]).model
+    assert typed.val_importance_samples == 3 and typed.latent_dim == from_checkpoint.latent_dim

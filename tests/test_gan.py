@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 
 import lightning.pytorch as pl
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import CONFIGS
 from contract import GenerativeModelContract
-from lightning_gen.cli import LightningGenCLI
+from lightning_gen.cli import LightningGenCLI, main
 from lightning_gen.data import ToyMixtureDataModule
 from lightning_gen.data.toy import mixture_means
 from lightning_gen.errors import DivergenceError
@@ -199,3 +200,22 @@ def test_default_toy_config_covers_the_ring_and_a_broken_discriminator_does_not(
     coverage = mode_coverage(broken.sample(5000, torch.Generator().manual_seed(1)), means, std=0.02)
     print("discriminator lr 0:", coverage)
     assert coverage["modes_covered"] < 7 or coverage["high_quality_fraction"] < 0.8, coverage
+
+
+def test_sample_and_evaluate_of_a_toy_gan_speak_in_points_and_modes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", str(CONFIGS / "gan_toy_ring.yaml"), "--trainer.max_epochs", "1",
+          "--trainer.enable_progress_bar", "false", "--trainer.callbacks",
+          '[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": true}}]'])
+    (ckpt,) = tmp_path.glob("runs/gan_toy_ring/version_0/checkpoints/last.ckpt")
+    main(["sample", "--ckpt_path", str(ckpt), "--num_samples", "50", "--out", "drawn", "--seed", "3"])
+    saved = np.load(tmp_path / "drawn" / "samples.npz")
+    assert list(saved) == ["points"] and saved["points"].shape == (50, 2) and saved["points"].dtype == np.float32
+    model = GAN.load_checkpoint(ckpt).eval()
+    expected = model.sample(50, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.from_numpy(saved["points"]), expected)  # the coordinates, not clamped pixel levels
+    assert (tmp_path / "drawn" / "samples.png").stat().st_size > 1000
+    capsys.readouterr()
+    main(["evaluate", "--ckpt_path", str(ckpt), "--num_samples", "500"])  # default metrics for points
+    printed = capsys.readouterr().out
+    assert "modes_covered" in printed and "high_quality_fraction" in printed and "None" not in printed

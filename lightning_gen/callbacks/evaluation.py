@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import lightning.pytorch as pl
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.faults import kill_point
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
@@ -52,7 +53,7 @@ class EvaluationCallback(pl.Callback):
     ):
         super().__init__()
         if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+            raise ConfigValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         self.metrics = parse_metric_names(metrics)
         self.every_n_epochs = every_n_epochs
         self.settings = EvaluationSettings(

@@ -15,6 +15,8 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_gen.errors import ConfigValueError
+
 
 def batch_images(batch) -> torch.Tensor:
     """The images of a DataModule batch: ``(images, labels)`` pairs, or bare image tensors."""
@@ -71,9 +73,9 @@ class SplitDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()  # with the subclass's arguments: lets `evaluate` rebuild it from a checkpoint
         if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise ConfigValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         if subset is not None and subset < 2:
-            raise ValueError(f"subset must be at least 2 (one train and one val sample), got {subset}")
+            raise ConfigValueError(f"subset must be at least 2 (one train and one val sample), got {subset}")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -133,7 +135,7 @@ class SplitDataModule(pl.LightningDataModule):
     def split_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """The ``train``, ``val`` or ``test`` split in a fixed order (for evaluation)."""
         if split not in ("train", "val", "test"):
-            raise ValueError(f"unknown split {split!r}; choose train, val or test")
+            raise ConfigValueError(f"unknown split {split!r}; choose train, val or test")
         self.setup("test" if split == "test" else "fit")
         dataset = {"train": self.train_set, "val": self.val_set, "test": self.test_set}[split]
         return self._loader(dataset, shuffle=False, batch_size=batch_size or self.eval_batch_size)

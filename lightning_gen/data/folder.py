@@ -8,9 +8,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Subset
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from lightning_gen.data.base import SplitDataModule, resolve_data_dir
-from lightning_gen.errors import DatasetFileError
+from lightning_gen.errors import ConfigValueError, DatasetFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -62,9 +63,9 @@ class ImageFolderDataModule(SplitDataModule):
         super().__init__(**split_kwargs)
         self.data_dir = resolve_data_dir(data_dir, ".")
         if image_size < 4:
-            raise ValueError(f"image_size must be at least 4, got {image_size}")
+            raise ConfigValueError(f"image_size must be at least 4, got {image_size}")
         if not 0 < test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+            raise ConfigValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
         self.image_size, self.grayscale, self.test_fraction = image_size, grayscale, test_fraction
         self.files, self.labels, classes = self._scan()
         self.data_shape = (1 if grayscale else 3, image_size, image_size)
@@ -85,6 +86,17 @@ class ImageFolderDataModule(SplitDataModule):
         class_index = {name: i for i, name in enumerate(classes)}
         labels = [class_index.get(p.relative_to(root).parts[0], 0) for p in files]
         return files, labels, classes
+
+    def prepare_data(self) -> None:
+        """Check that every image decodes (headers and checksums, no pixels), so that a broken file stops
+        the run before training rather than at the batch that first draws it."""
+        files = tqdm(self.files, desc=f"checking {self.data_dir}", unit="image", disable=len(self.files) < 5000)
+        for path in files:
+            try:
+                with Image.open(path) as image:
+                    image.verify()
+            except (UnidentifiedImageError, OSError, SyntaxError) as error:
+                raise DatasetFileError(f"cannot decode image {path}: {error}. Remove or replace the file.") from None
 
     def _held_out_test_indices(self) -> set[int]:
         n = len(self.files)

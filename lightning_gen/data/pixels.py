@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lightning_gen.errors import ConfigValueError
+
 NUM_LEVELS = 256  # 8-bit images
 BINARIZATION_MODES = ("dynamic", "static")
 
@@ -50,7 +52,7 @@ def binarize(x: Tensor, mode: str, generator: torch.Generator | None = None) -> 
         return torch.bernoulli(x.clamp(0, 1), generator=generator)
     if mode == "static":
         return (x > 0.5).to(x.dtype)
-    raise ValueError(f"unknown binarization {mode!r}; choose one of {BINARIZATION_MODES}")
+    raise ConfigValueError(f"unknown binarization {mode!r}; choose one of {BINARIZATION_MODES}")
 
 
 def dequantize(x: Tensor, generator: torch.Generator | None = None) -> Tensor:

@@ -11,6 +11,7 @@ import math
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.base import SplitDataModule
 
 MIXTURES = ("ring8", "grid25")
@@ -24,7 +25,7 @@ def mixture_means(mixture: str) -> torch.Tensor:
     if mixture == "grid25":
         axis = torch.arange(-4.0, 5.0, 2.0)
         return torch.cartesian_prod(axis, axis)
-    raise ValueError(f"unknown mixture {mixture!r}; choose one of {MIXTURES}")
+    raise ConfigValueError(f"unknown mixture {mixture!r}; choose one of {MIXTURES}")
 
 
 def sample_mixture(mixture: str, n: int, std: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

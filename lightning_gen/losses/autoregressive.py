@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.pixels import NUM_LEVELS, from_uint8_levels, to_uint8_levels
 from lightning_gen.losses.likelihoods import discretized_logistic_log_prob
 
@@ -88,7 +89,7 @@ class DiscretizedLogisticMixture(PixelDistribution):
 
     def __init__(self, channels: int, components: int = 5):
         if components < 1:
-            raise ValueError(f"a mixture needs at least one component, got {components}")
+            raise ConfigValueError(f"a mixture needs at least one component, got {components}")
         self.channels, self.components = channels, components
         self.num_coefficients = channels * (channels - 1) // 2
         self.params_per_pixel = components * (1 + 2 * channels + self.num_coefficients)
@@ -147,4 +148,4 @@ def build_pixel_distribution(name: str, channels: int, mixture_components: int =
         return CategoricalPixels(channels)
     if name == "logistic_mixture":
         return DiscretizedLogisticMixture(channels, mixture_components)
-    raise ValueError(f"unknown pixel distribution {name!r}; choose one of {DISTRIBUTIONS}")
+    raise ConfigValueError(f"unknown pixel distribution {name!r}; choose one of {DISTRIBUTIONS}")

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_gen.errors import ConfigValueError
+
 
 class GANObjective:
     name: str
@@ -93,7 +95,7 @@ OBJECTIVES = {cls.name: cls for cls in (Minimax, NonSaturating, Hinge, LeastSqua
 
 def build_objective(name: str) -> GANObjective:
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown GAN objective {name!r}; choose one of {sorted(OBJECTIVES)}")
+        raise ConfigValueError(f"unknown GAN objective {name!r}; choose one of {sorted(OBJECTIVES)}")
     return OBJECTIVES[name]()
 
 

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.pixels import NUM_LEVELS, binarize, from_uint8_levels, to_uint8_levels
 
 
@@ -126,4 +127,4 @@ def build_likelihood(name: str, binarization: str = "dynamic") -> PixelLikelihoo
         return BernoulliLikelihood(binarization)
     if name in LIKELIHOODS:
         return LIKELIHOODS[name]()
-    raise ValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")
+    raise ConfigValueError(f"unknown likelihood {name!r}; choose one of {sorted(LIKELIHOODS)}")

@@ -14,6 +14,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from lightning_gen.errors import ConfigValueError
+
 
 def kth_neighbour_radii(features: Tensor, k: int, chunk: int = 1024) -> Tensor:
     """Distance of each point to its k-th nearest other point in the same set: ``[N]``."""
@@ -41,7 +43,7 @@ class PrecisionRecall(Metric):
     def __init__(self, k: int = 3, **kwargs):
         super().__init__(**kwargs)
         if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+            raise ConfigValueError(f"k must be >= 1, got {k}")
         self.k = k
         self.add_state("real_features", [], dist_reduce_fx="cat")
         self.add_state("fake_features", [], dist_reduce_fx="cat")
@@ -52,7 +54,7 @@ class PrecisionRecall(Metric):
     def compute(self) -> tuple[Tensor, Tensor]:
         real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
         if len(real) <= self.k or len(fake) <= self.k:
-            raise ValueError(f"precision/recall with k={self.k} needs more than {self.k} real and generated samples")
+            raise ConfigValueError(f"precision/recall with k={self.k} needs more than {self.k} real and generated samples")
         precision = share_inside_manifold(fake, real, kth_neighbour_radii(real, self.k))
         recall = share_inside_manifold(real, fake, kth_neighbour_radii(fake, self.k))
         return precision, recall

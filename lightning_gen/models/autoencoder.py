@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.base import batch_images
 from lightning_gen.losses import build_likelihood, gaussian_kl_to_standard, log_normal, reparameterize
 from lightning_gen.losses.gaussian import log_standard_normal
@@ -176,7 +177,7 @@ class VAE(_Autoencoder):
     ):
         super().__init__(*args, **kwargs)
         if beta < 0 or kl_warmup_steps < 0 or val_importance_samples < 1 or test_importance_samples < 1:
-            raise ValueError("beta and kl_warmup_steps must be >= 0 and the importance sample counts >= 1")
+            raise ConfigValueError("beta and kl_warmup_steps must be >= 0 and the importance sample counts >= 1")
         self.beta, self.kl_warmup_steps = beta, kl_warmup_steps
         self.val_importance_samples, self.test_importance_samples = val_importance_samples, test_importance_samples
 

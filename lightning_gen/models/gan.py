@@ -24,6 +24,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.base import batch_images
 from lightning_gen.data.pixels import from_signed, to_signed
 from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_value, r1_penalty
@@ -83,9 +84,9 @@ class GAN(GenerativeModule):
         self.save_hyperparameters(ignore=[
             "generator_optimizer", "discriminator_optimizer", "generator_scheduler", "discriminator_scheduler"])
         if n_disc_steps < 1 or n_gen_steps < 1:
-            raise ValueError(f"n_disc_steps and n_gen_steps must be >= 1, got {n_disc_steps}:{n_gen_steps}")
+            raise ConfigValueError(f"n_disc_steps and n_gen_steps must be >= 1, got {n_disc_steps}:{n_gen_steps}")
         if not 0 <= ema_decay < 1:
-            raise ValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+            raise ConfigValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
         self.data_shape = tuple(data_shape)
         self.images = len(self.data_shape) == 3
         self.latent_dim = latent_dim
@@ -99,7 +100,7 @@ class GAN(GenerativeModule):
             self.generator = MLPGenerator(self.data_shape[0], latent_dim, hidden)
             self.discriminator = MLPDiscriminator(self.data_shape[0], hidden, spectral_norm=spectral_norm)
         else:
-            raise ValueError(f"GAN needs images (C, H, W) or points (D,), got data shape {self.data_shape}")
+            raise ConfigValueError(f"GAN needs images (C, H, W) or points (D,), got data shape {self.data_shape}")
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._calibrated_at: int | None = None  # ema_updates when the EMA's batch norm was last re-estimated

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.base import batch_images
 from lightning_gen.losses.autoregressive import DISTRIBUTIONS, build_pixel_distribution
 from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
@@ -73,11 +74,11 @@ class PixelCNN(GenerativeModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         if distribution not in DISTRIBUTIONS:
-            raise ValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
+            raise ConfigValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+            raise ConfigValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
+            raise ConfigValueError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
         self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
         self.distribution = build_pixel_distribution(distribution, self.data_shape[0], mixture_components)
         self.net = GatedPixelCNN(self.data_shape, self.distribution.params_per_pixel, self.distribution.groups,
@@ -92,7 +93,7 @@ class PixelCNN(GenerativeModule):
         datamodule = self.trainer.datamodule if self._trainer is not None else None
         data_classes = getattr(datamodule, "num_classes", None)
         if self.num_classes is not None and data_classes is not None and data_classes != self.num_classes:
-            raise ValueError(f"the model is conditioned on {self.num_classes} classes but the data has "
+            raise ConfigValueError(f"the model is conditioned on {self.num_classes} classes but the data has "
                              f"{data_classes}; set model.init_args.num_classes: {data_classes}")
 
     # --- likelihood ------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ class PixelCNN(GenerativeModule):
         if self.num_classes is None:
             return None
         if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ValueError("a class-conditional PixelCNN needs (images, labels) batches")
+            raise ConfigValueError("a class-conditional PixelCNN needs (images, labels) batches")
         return batch[1]
 
     def conditional_log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
@@ -158,7 +159,7 @@ class PixelCNN(GenerativeModule):
         """
         sampler = sampler or self.sampler
         if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+            raise ConfigValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         channels, height, width = self.data_shape
         if self.num_classes is not None and labels is None:
             labels = torch.randint(self.num_classes, (n,), generator=generator, device=self.device)

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_gen.errors import ConfigValueError
+
 
 def check_image_shape(data_shape: tuple[int, ...], multiple_of: int = 4) -> tuple[int, int, int]:
     """Validate ``(C, H, W)`` for the conv nets (sides divisible by ``multiple_of`` for the strided
     ones); the error names the shape and the fix."""
     if len(data_shape) != 3:
-        raise ValueError(
+        raise ConfigValueError(
             f"this model needs images (C, H, W) but the data has shape {tuple(data_shape)}; "
             "use an image DataModule (the toy 2-D data is for GANs)"
         )
     channels, height, width = data_shape
     if height % multiple_of or width % multiple_of:
-        raise ValueError(f"image height and width must be divisible by {multiple_of}, got {height}x{width}; "
-                         "resize the data")
+        nearest = max(multiple_of, round(height / multiple_of) * multiple_of)
+        raise ConfigValueError(
+            f"this model needs image height and width divisible by {multiple_of}, but the data has "
+            f"{height}x{width}; resize the data (an image folder: --data.init_args.image_size {nearest})"
+        )
     return channels, height, width
 
 

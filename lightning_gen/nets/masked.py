@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_gen.errors import ConfigValueError
+
 MASK_TYPES = ("A", "B")
 
 
@@ -30,7 +32,7 @@ def channel_groups(num_channels: int, groups: int, halves: int = 1) -> Tensor:
     """
     per_half = num_channels // halves
     if per_half * halves != num_channels or per_half % groups:
-        raise ValueError(f"{num_channels} features cannot be split into {halves} half/halves of {groups} "
+        raise ConfigValueError(f"{num_channels} features cannot be split into {halves} half/halves of {groups} "
                          "equal channel groups; choose a hidden width divisible by the number of image channels")
     return (torch.arange(num_channels) % per_half) * groups // per_half
 
@@ -60,7 +62,7 @@ class CausalConv2d(nn.Conv2d):
     ):
         super().__init__(in_channels, out_channels, kernel_size, padding=0)
         if mask_type is not None and mask_type not in MASK_TYPES:
-            raise ValueError(f"unknown mask type {mask_type!r}; choose one of {MASK_TYPES} or None")
+            raise ConfigValueError(f"unknown mask type {mask_type!r}; choose one of {MASK_TYPES} or None")
         (kh, kw), (ci, cj) = self.kernel_size, center
         self.center = (ci, cj)
         self.mask_type = mask_type

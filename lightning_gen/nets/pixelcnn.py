@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.nets.conv import check_image_shape
 from lightning_gen.nets.masked import CausalConv2d, channel_groups
 
@@ -132,9 +133,9 @@ class GatedPixelCNN(nn.Module):
         self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
         channels = self.data_shape[0]
         if groups not in (1, channels):
-            raise ValueError(f"groups must be 1 or the number of image channels ({channels}), got {groups}")
+            raise ConfigValueError(f"groups must be 1 or the number of image channels ({channels}), got {groups}")
         if kernel_size < 3 or kernel_size % 2 == 0 or layers < 1:
-            raise ValueError(f"kernel_size must be odd and >= 3 and layers >= 1, got {kernel_size} and {layers}")
+            raise ConfigValueError(f"kernel_size must be odd and >= 3 and layers >= 1, got {kernel_size} and {layers}")
         self.groups, self.hidden, self.kernel_size = groups, hidden, kernel_size
         self.layers = nn.ModuleList(
             GatedLayer(channels if index == 0 else hidden, hidden, kernel_size, index == 0, groups, num_classes)
