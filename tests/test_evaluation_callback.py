@@ -66,7 +66,7 @@ def test_training_is_identical_with_and_without_evaluation(fmnist_dir, tmp_path)
         data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=400, batch_size=50)
         model = VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32, val_importance_samples=1)
         callbacks = [EvaluationCallback(num_samples=100, cache_dir=str(tmp_path / "cache"))] if with_evaluation else []
-        trainer = pl.Trainer(max_epochs=2, logger=False, callbacks=callbacks, enable_progress_bar=False,
+        trainer = pl.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, callbacks=callbacks, enable_progress_bar=False,
                              enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
         trainer.fit(model, datamodule=data)
         return torch.cat([p.detach().flatten() for p in model.parameters()])
