@@ -20,12 +20,12 @@ import warnings
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 import yaml
 from jsonargparse import Namespace
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -137,7 +137,6 @@ class LightningGenCLI(LightningCLI):
             model = {"class_path": self.config[subcommand].model.class_path, "init_args": overrides}
             self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
-    # --- what the user sees at the end -----------------------------------------------------------
     def _read_data_first(self, stage: str) -> None:
         """Missing, corrupt or undecodable data fails before Lightning creates a run folder for the run.
 
@@ -173,6 +172,7 @@ class LightningGenCLI(LightningCLI):
                 self.config_init.fit.ckpt_path = str(found)
         self._fit_started = time.perf_counter()
 
+    # --- what the user sees at the end -----------------------------------------------------------
     def after_fit(self) -> None:
         fit_metrics = _scalar_metrics(self.trainer.callback_metrics)
         if self.trainer.is_global_zero:
@@ -384,7 +384,7 @@ RUN_COMMANDS = {"compare": "lightning_gen.report.compare", "dashboard": "lightni
 
 
 DEBUG_VARIABLE = "LIGHTNING_GEN_DEBUG"
-_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # a write the disk refused
 
 
 def main(args: list[str] | None = None) -> None:

@@ -86,10 +86,6 @@ class GracefulStop(pl.Callback):
         rank_zero_info(f"{signal.Signals(signal_number).name}: saved {path}")
         raise TrainingStopped(_stop_message(trainer, signal_number, path), signal_number)
 
-    @property
-    def saved_path(self) -> Path | None:
-        return self._saved_path
-
 
 def _stop_message(trainer, signal_number: int, path: Path) -> str:
     return (f"stopped by {signal.Signals(signal_number).name} at epoch {trainer.current_epoch}, global step "
