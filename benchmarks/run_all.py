@@ -1,6 +1,7 @@
 """Run every benchmark and rewrite the results page: ``make bench`` (or ``python benchmarks/run_all.py``).
 
-    python benchmarks/run_all.py                 # full runs (about an hour on a 2-core CPU) -> benchmarks/README.md
+    python benchmarks/run_all.py                 # full runs (about 1.5 hours on a 2-core CPU) -> benchmarks/README.md
+    python benchmarks/run_all.py --minutes 2     # the same with 2-minute budgets for the fixed-budget comparisons
     python benchmarks/run_all.py --quick --out /tmp/bench.md   # each benchmark's --quick mode: a crash check
 
 Each benchmark is also runnable alone and prints its own table of ratios measured side by side in one
@@ -29,6 +30,12 @@ BENCHMARKS = {
     "pixelcnn_vs_plain": ("PixelCNN: gated (Lightning) vs a hand-written classic PixelCNN at the same budget", []),
     "evaluation": ("metric sanity on degraded images; evaluation with cached vs uncached real features", []),
     "ddp_scaling": ("training throughput with 1 and 2 DDP processes", ["--accelerator", "gpu"]),
+    "lightning_overhead": ("AE, VAE, PixelCNN, GAN: Trainer vs a plain loop over the same nets and loss, "
+                           "interleaved (images/s ratio)", []),
+    "data_loading": ("DataModules' train loaders, 0 and 2 workers: setup s and images/s vs the VAE's training "
+                     "images/s", []),
+    "autoencoders_vs_plain": ("AE and VAE: default configs vs hand-written MLP autoencoders at the same budget "
+                              "(IWAE bits/dim, FID)", []),
 }
 
 
@@ -46,22 +53,30 @@ def machine() -> list[str]:
             f"torchmetrics {torchmetrics.__version__}"]
 
 
+# the benchmarks that train each contender for a wall-clock budget (their --minutes)
+FIXED_BUDGET = ("gan_vs_plain", "pixelcnn_vs_plain", "autoencoders_vs_plain")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="each benchmark's --quick mode (CI: fails only on a crash)")
     parser.add_argument("--gpu", action="store_true", help="run the benchmarks that take a device on the GPU")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="a subset of the benchmarks")
     parser.add_argument("--out", type=Path, default=HERE / "README.md", help="the page to (re)write")
+    parser.add_argument("--minutes", type=float, help="training budget of each run of the fixed-budget "
+                        f"comparisons ({', '.join(FIXED_BUDGET)}; default: each script's own)")
     args = parser.parse_args()
     mode = "quick (crash check, numbers not meaningful)" if args.quick else "full"
     page = ["# Benchmarks", "", "Written by `make bench` (`benchmarks/run_all.py`); every table is a script's own "
             "output. Ratios are measured side by side within one run.", "", *machine(),
-            f"- mode: {mode}; device: {'GPU where the benchmark takes one' if args.gpu else 'CPU'}", ""]
+            f"- mode: {mode}; device: {'GPU where the benchmark takes one' if args.gpu else 'CPU'}"
+            + (f"; fixed-budget comparisons at {args.minutes:g} min per run" if args.minutes else ""), ""]
     failed = []
     for name in args.only or BENCHMARKS:
         description, gpu_args = BENCHMARKS[name]
         command = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if args.quick else []),
-                   *(gpu_args if args.gpu else [])]
+                   *(gpu_args if args.gpu else []),
+                   *(["--minutes", str(args.minutes)] if args.minutes and name in FIXED_BUDGET and not args.quick else [])]
         print(f"running {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)
