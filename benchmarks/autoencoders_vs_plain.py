@@ -46,6 +46,7 @@ from lightning_gen.losses import DiscretizedLogisticLikelihood, log_normal, repa
 from lightning_gen.losses.gaussian import gaussian_kl_to_standard, log_standard_normal
 from lightning_gen.metrics import EvaluationSettings, evaluate_model
 from lightning_gen.models import AE, VAE
+from budget import StopAfter  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPE, BATCH, LR, LATENT, HIDDEN = (1, 28, 28), 128, 1e-3, 16, 500
@@ -143,22 +144,6 @@ def plain(variational: bool, seconds: float) -> tuple[PlainMLPAutoencoder, int, 
         pool = data.train_set
         model.fit_code_gaussian(torch.stack([pool[i][0] for i in range(min(10_000, len(pool)))]))
     return model.eval(), images, elapsed
-
-
-class StopAfter(pl.Callback):
-    """Counts training images and stops the fit once ``seconds`` of training have passed."""
-
-    def __init__(self, seconds: float):
-        self.budget, self.images, self.seconds, self._start = seconds, 0, 0.0, 0.0
-
-    def on_train_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.images += len(batch[0])
-        self.seconds = time.perf_counter() - self._start
-        if self.seconds >= self.budget:
-            trainer.should_stop = True
 
 
 def lightning_default(config_name: str, model_class, seconds: float):

@@ -32,6 +32,7 @@ from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.losses.autoregressive import CategoricalPixels
 from lightning_gen.models import PixelCNN
 from lightning_gen.nets.pixelcnn import ClassicPixelCNN
+from budget import StopAfter  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixelcnn_fmnist.yaml"
 BATCH, LR, SHAPE = 64, 1e-3, (1, 28, 28)
@@ -50,22 +51,6 @@ def unmasked_weights(module: torch.nn.Module) -> int:
 
 def data(subset: int | None) -> FashionMNISTDataModule:
     return FashionMNISTDataModule(batch_size=BATCH, val_fraction=0.1, split_seed=0, subset=subset)
-
-
-class StopAfter(pl.Callback):
-    """Counts training images and stops the fit once ``seconds`` of training have passed."""
-
-    def __init__(self, seconds: float):
-        self.budget, self.images, self.seconds, self._start = seconds, 0, 0.0, 0.0
-
-    def on_train_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.images += len(batch[0])
-        self.seconds = time.perf_counter() - self._start
-        if self.seconds >= self.budget:
-            trainer.should_stop = True
 
 
 def lightning_gated(seconds: float, subset: int | None) -> tuple[PixelCNN, int, float]:
