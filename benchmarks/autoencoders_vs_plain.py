@@ -46,7 +46,7 @@ from lightning_gen.losses import DiscretizedLogisticLikelihood, log_normal, repa
 from lightning_gen.losses.gaussian import gaussian_kl_to_standard, log_standard_normal
 from lightning_gen.metrics import EvaluationSettings, evaluate_model
 from lightning_gen.models import AE, VAE
-from budget import StopAfter  # noqa: E402  (benchmarks/ is the script's folder)
+from budget import StopAfter, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPE, BATCH, LR, LATENT, HIDDEN = (1, 28, 28), 128, 1e-3, 16, 500
@@ -129,17 +129,7 @@ def plain(variational: bool, seconds: float) -> tuple[PlainMLPAutoencoder, int, 
     model, data = PlainMLPAutoencoder(variational), train_data()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     model.train()
-    images, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for x, _ in data.train_dataloader():
-            loss = model.loss(x)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            images += len(x)
-            if time.perf_counter() - start >= seconds:
-                break
-    elapsed = time.perf_counter() - start
+    images, elapsed = train_plain(seconds, data.train_dataloader, model.loss, optimizer)
     if not variational:
         pool = data.train_set
         model.fit_code_gaussian(torch.stack([pool[i][0] for i in range(min(10_000, len(pool)))]))

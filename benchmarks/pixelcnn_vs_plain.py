@@ -21,7 +21,6 @@ import functools
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -32,7 +31,7 @@ from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.losses.autoregressive import CategoricalPixels
 from lightning_gen.models import PixelCNN
 from lightning_gen.nets.pixelcnn import ClassicPixelCNN
-from budget import StopAfter  # noqa: E402  (benchmarks/ is the script's folder)
+from budget import StopAfter, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixelcnn_fmnist.yaml"
 BATCH, LR, SHAPE = 64, 1e-3, (1, 28, 28)
@@ -73,17 +72,9 @@ def plain_classic(seconds: float, subset: int | None) -> tuple[ClassicPixelCNN, 
     train_data = data(subset)
     train_data.setup("fit")
     net.train()
-    images, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for x, _ in train_data.train_dataloader():
-            loss = -pixels.log_prob(net(x), x).mean()  # nats per image
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            images += len(x)
-            if time.perf_counter() - start >= seconds:
-                break
-    return net, images, time.perf_counter() - start
+    images, elapsed = train_plain(seconds, train_data.train_dataloader,
+                                  lambda x: -pixels.log_prob(net(x), x).mean(), optimizer)  # nats per image
+    return net, images, elapsed
 
 
 @torch.no_grad()
