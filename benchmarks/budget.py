@@ -1,4 +1,4 @@
-"""Shared by the fixed-budget benchmarks: stop a Lightning fit after a wall-clock budget of training."""
+"""Shared by the benchmarks: wall-clock budgets and clocks for Lightning fits, the plain baseline loop."""
 
 from __future__ import annotations
 
@@ -37,3 +37,27 @@ def train_plain(seconds: float, loader_factory, loss_of, optimizer) -> tuple[int
             if time.perf_counter() - start >= seconds:
                 break
     return images, time.perf_counter() - start
+
+
+class WarmupClock(pl.Callback):
+    """Images/s of the training batches after ``warmup`` untimed ones, the start-up time (``called``, the
+    moment the fit was called, to its first batch), and a stop once ``seconds`` of timed training passed."""
+
+    def __init__(self, called: float, warmup: int, seconds: float = float("inf")):
+        self.called, self.warmup, self.seconds = called, warmup, seconds
+        self.startup, self.start, self.seen, self.images, self.rate = 0.0, 0.0, 0, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.seen == 0:
+            self.startup = time.perf_counter() - self.called
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen += 1
+        if self.seen == self.warmup:
+            self.start = time.perf_counter()
+        elif self.seen > self.warmup:
+            self.images += len(batch[0])
+            elapsed = time.perf_counter() - self.start
+            self.rate = self.images / elapsed
+            if elapsed >= self.seconds:
+                trainer.should_stop = True

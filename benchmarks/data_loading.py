@@ -42,6 +42,7 @@ from lightning_gen.data import CIFAR10DataModule, FashionMNISTDataModule, ImageF
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError
 from lightning_gen.models import VAE
+from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
 
 VAE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vae_fmnist.yaml"
 BATCH = 128
@@ -91,19 +92,6 @@ class Replay:
         return len(self.batches)
 
 
-class Clock(pl.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.seen, self.images, self.start, self.rate = warmup, 0, 0, 0.0, 0.0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seen += 1
-        if self.seen == self.warmup:
-            self.start = time.perf_counter()
-        elif self.seen > self.warmup:
-            self.images += len(batch[0])
-            self.rate = self.images / (time.perf_counter() - self.start)
-
-
 def vae_training_rate(batches: list, warmup: int = 2) -> float:
     """Training images/s of the default VAE on batches already in memory (no loading in the timing)."""
     init_args = dict(yaml.safe_load(VAE_CONFIG.read_text())["model"]["init_args"])
@@ -111,7 +99,7 @@ def vae_training_rate(batches: list, warmup: int = 2) -> float:
     pl.seed_everything(0, verbose=False)
     model = VAE(data_shape=(1, 28, 28), optimizer=lambda params: torch.optim.Adam(params, **optimizer["init_args"]),
                 **init_args)
-    clock = Clock(warmup)
+    clock = WarmupClock(time.perf_counter(), warmup)
     trainer = pl.Trainer(max_epochs=1, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu", devices=1)

@@ -46,6 +46,7 @@ import yaml
 from lightning_gen.data.pixels import to_signed
 from lightning_gen.losses import gaussian_kl_to_standard, reparameterize
 from lightning_gen.models.autoencoder import linear_warmup
+from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = {"ae": "ae_fmnist.yaml", "vae": "vae_fmnist.yaml", "pixelcnn": "pixelcnn_fmnist.yaml",
@@ -172,31 +173,8 @@ def plain_block(step, loader, warmup: int, seconds: float) -> dict:
                     return {"rate": images / elapsed, "batches": seen - warmup, "startup": 0.0}
 
 
-class BlockClock(pl.Callback):
-    """Start-up (fit call to first batch); images/s of the batches after the warm-up; stops the fit."""
-
-    def __init__(self, called: float, warmup: int, seconds: float):
-        self.called, self.warmup, self.seconds = called, warmup, seconds
-        self.startup, self.start, self.seen, self.images, self.rate = 0.0, 0.0, 0, 0, 0.0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.seen == 0:
-            self.startup = time.perf_counter() - self.called
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        self.seen += 1
-        if self.seen == self.warmup:
-            self.start = time.perf_counter()
-        elif self.seen > self.warmup:
-            self.images += len(batch[0])
-            elapsed = time.perf_counter() - self.start
-            self.rate = self.images / elapsed
-            if elapsed >= self.seconds:
-                trainer.should_stop = True
-
-
 def lightning_block(model, loader, warmup: int, seconds: float) -> dict:
-    clock = BlockClock(time.perf_counter(), warmup, seconds)
+    clock = WarmupClock(time.perf_counter(), warmup, seconds)
     trainer = pl.Trainer(max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          accelerator="cpu", devices=1)
