@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_gen.boundary import build_optimizers_once, rejected_options, silence_tips
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import (
     DATAMODULE_KEY,
@@ -41,7 +42,7 @@ from lightning_gen.data.base import SplitDataModule
 from lightning_gen.errors import CheckpointError, LightningGenError, RunFolderError, TrainingStopped
 from lightning_gen.models.base import GenerativeModule
 from lightning_gen.runs import check_writable, checkpoint_space_needed, newest_last_checkpoint, run_folder
-from lightning_gen.trainer import LightningGenTrainer
+from lightning_gen.trainer import LightningGenTrainer, hide_unused_options
 
 _CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
 
@@ -50,6 +51,7 @@ class LightningGenCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True, **kwargs):
         command_line = sys.argv[1:] if args is None else args
         self._command_line = [str(arg) for arg in command_line] if isinstance(command_line, (list, tuple)) else []
+        silence_tips()
         super().__init__(
             model_class=GenerativeModule,
             subclass_mode_model=True,
@@ -76,6 +78,11 @@ class LightningGenCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {**LightningCLI.subcommands(), "evaluate": {"model", "datamodule"}, "sample": {"model", "datamodule"}}
 
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        for subcommand in ("evaluate", "sample") if add_subcommands else ():
+            hide_unused_options(self._subcommand_parsers[subcommand])
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # shapes come from the data, never typed twice in a config
         parser.link_arguments("data.data_shape", "model.init_args.data_shape", apply_on="instantiate")
@@ -97,6 +104,14 @@ class LightningGenCLI(LightningCLI):
             if (isinstance(logger, Namespace) and logger.get("class_path", "").endswith(".WandbLogger")
                     and not logger.get("init_args.group")):
                 logger.init_args.group = family
+
+    def instantiate_classes(self) -> None:
+        """Build data, model, callbacks, loggers and trainer; a value they refuse is one message naming it."""
+        with rejected_options(self._subcommand_config(), typed=self._command_line):
+            super().instantiate_classes()
+
+    def _subcommand_config(self) -> Namespace:
+        return self.config.get(str(self.subcommand), self.config)
 
     def instantiate_trainer(self, **kwargs):
         """``--trainer.strategy ddp`` works for every model: a model whose training phases each reach only
@@ -145,8 +160,9 @@ class LightningGenCLI(LightningCLI):
         under DDP the processes must keep Lightning's order (rank 0 prepares, the others wait).
         """
         if self.datamodule is not None and self.trainer.world_size == 1:
-            self.datamodule.prepare_data()
-            self.datamodule.setup(stage)
+            with rejected_options(self._subcommand_config(), "data", self._command_line):
+                self.datamodule.prepare_data()
+                self.datamodule.setup(stage)
 
     def before_validate(self) -> None:
         self._read_data_first("validate")
@@ -159,11 +175,17 @@ class LightningGenCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._read_data_first("fit")
+        build_optimizers_once(self.model, self._subcommand_config(), self._command_line)
         # a read-only or full run folder fails here, before any training time is spent
         folders = {run_folder(self.trainer)} | {Path(c.dirpath) for c in self.trainer.checkpoint_callbacks
                                                 if isinstance(c, ModelCheckpoint) and c.dirpath}
         for folder in folders:
             check_writable(folder, needed_bytes=checkpoint_space_needed(self.model))
+        earlier_config = run_folder(self.trainer) / "config.yaml"  # Lightning refuses to replace it, but only later
+        if earlier_config.is_file() and not self.trainer.fast_dev_run and not self.save_config_kwargs.get("overwrite"):
+            raise RunFolderError(f"{earlier_config} exists: the run folder holds an earlier run (without a CSV or "
+                                 "TensorBoard logger every run uses the same folder). Pass another "
+                                 "--trainer.default_root_dir, or keep a logger: it gives each run a version folder.")
         if self.config_init.fit.get("ckpt_path") == "last":
             # Lightning looks for last.ckpt in this run's new version folder only, where there is none
             found = newest_last_checkpoint(self.trainer)
@@ -336,19 +358,27 @@ def run_summary(trainer, metrics: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
+_NOT_MODEL_ARGUMENTS = {"class_path", "init_args", "dict_kwargs", "help"}
+
+
 def _model_overrides(args: list[str]) -> dict:
-    """``--model.init_args.NAME VALUE`` (or ``=VALUE``) options of a command line, values parsed as YAML."""
+    """``--model.init_args.NAME VALUE`` and its shorthand ``--model.NAME VALUE`` (or ``=VALUE``) options of a
+    command line, values parsed as YAML."""
     overrides = {}
     for i, arg in enumerate(args):
-        if not arg.startswith("--model.init_args."):
+        if not arg.startswith("--model."):
             continue
-        key, has_value, value = arg.removeprefix("--model.init_args.").partition("=")
+        key, has_value, value = arg.removeprefix("--model.").removeprefix("init_args.").partition("=")
         if not has_value:
             if i + 1 >= len(args):
                 continue
             value = args[i + 1]
-        if "." not in key:  # nested keys (an optimizer's init_args) are left to the parser
-            overrides[key] = yaml.safe_load(value)
+        with contextlib.suppress(yaml.YAMLError):  # the parser has accepted the value; YAML is how it reads it
+            value = yaml.safe_load(value)
+        if key == "init_args" and isinstance(value, dict):  # --model.init_args '{"latent_dim": 8}'
+            overrides.update(value)
+        elif "." not in key and key not in _NOT_MODEL_ARGUMENTS:  # nested keys (an optimizer's) are the parser's
+            overrides[key] = value
     return overrides
 
 

@@ -1,6 +1,10 @@
 """Errors raised at the boundary (config, files, checkpoints). The CLI prints their message without a
 traceback: each one names the offending value and how to fix it."""
 
+from __future__ import annotations
+
+import operator
+
 
 class LightningGenError(RuntimeError):
     """Base of the errors a user can fix from the message alone."""
@@ -34,3 +38,26 @@ class TrainingStopped(LightningGenError):
     def __init__(self, message: str, signal_number: int):
         super().__init__(message)
         self.exit_code = 128 + signal_number  # the shell's convention: 130 for Ctrl-C, 143 for SIGTERM
+
+
+_LIMITS = {"at_least": (operator.ge, "at least", "["), "above": (operator.gt, "greater than", "("),
+           "below": (operator.lt, "less than", ")"), "at_most": (operator.le, "at most", "]")}
+
+
+def check_range(*, at_least=None, above=None, below=None, at_most=None, **values) -> None:
+    """Raise ``ConfigValueError`` naming the first of ``values`` outside the range (``None`` values are
+    not checked; NaN is outside every range). ``check_range(at_least=1, latent_dim=latent_dim)``,
+    ``check_range(above=0, below=1, val_fraction=val_fraction)``."""
+    limits = {kind: bound for kind, bound in
+              (("at_least", at_least), ("above", above), ("below", below), ("at_most", at_most)) if bound is not None}
+    for name, value in values.items():
+        if value is not None and not all(_LIMITS[kind][0](value, bound) for kind, bound in limits.items()):
+            raise ConfigValueError(f"{name} must be {_range_text(limits)}, got {value}")
+
+
+def _range_text(limits: dict) -> str:
+    """``at least 1``, ``greater than 0``, ``in (0, 1)``, ``in [0, 1)``."""
+    if len(limits) == 2:
+        (low_kind, low), (high_kind, high) = limits.items()
+        return f"in {_LIMITS[low_kind][2]}{low}, {high}{_LIMITS[high_kind][2]}"
+    return " and ".join(f"{_LIMITS[kind][1]} {bound}" for kind, bound in limits.items())

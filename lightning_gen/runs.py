@@ -38,20 +38,32 @@ def checkpoint_space_needed(model: torch.nn.Module) -> int:
     return 3 * 3 * state_bytes
 
 
-def check_writable(folder: Path, needed_bytes: int = 0) -> None:
-    """Raise ``RunFolderError`` unless ``folder`` (or the folder it will be created in) takes files and has
-    ``needed_bytes`` free. Probes with a real file: permissions alone do not show a read-only disk."""
+def nearest_existing(folder: str | os.PathLike) -> Path:
+    """``folder`` if it exists, else the nearest existing path above it (where it would be created)."""
     existing = Path(folder).absolute()
     while not existing.exists():
         existing = existing.parent
+    return existing
+
+
+def probe_write(folder: Path) -> None:
+    """Create and remove a file in ``folder`` (``OSError`` if that fails): permissions alone do not show a
+    read-only disk."""
+    descriptor, probe = tempfile.mkstemp(prefix=".lightning_gen_write_test_", dir=folder)
+    os.close(descriptor)
+    os.unlink(probe)
+
+
+def check_writable(folder: Path, needed_bytes: int = 0) -> None:
+    """Raise ``RunFolderError`` unless ``folder`` (or the folder it will be created in) takes files and has
+    ``needed_bytes`` free."""
+    existing = nearest_existing(folder)
     fix = ("point --trainer.default_root_dir and the logger's save_dir (e.g. "
            "--trainer.logger.init_args.save_dir) at a writable folder with enough space")
     if not existing.is_dir():
         raise RunFolderError(f"run folder {folder} cannot be created: {existing} is a file, not a folder; {fix}")
     try:
-        descriptor, probe = tempfile.mkstemp(prefix=".lightning_gen_write_test_", dir=existing)
-        os.close(descriptor)
-        os.unlink(probe)
+        probe_write(existing)
     except OSError as error:
         raise RunFolderError(f"run folder {folder} cannot be written ({existing}: {error.strerror}); {fix}") from None
     free = shutil.disk_usage(existing).free

@@ -8,8 +8,8 @@ without a config: without one, the model and data are rebuilt from what the chec
 
 from __future__ import annotations
 
+import argparse
 import inspect
-
 import json
 import math
 import os
@@ -22,9 +22,10 @@ from lightning.pytorch import Trainer
 from torchvision.utils import save_image
 from tqdm import tqdm
 
+from lightning_gen.boundary import check_output_folder
 from lightning_gen.checkpoints import check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
-from lightning_gen.errors import LightningGenError
+from lightning_gen.errors import LightningGenError, check_range
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
     EvaluationSettings,
@@ -88,7 +89,38 @@ def save_scatter(points: torch.Tensor, path: Path) -> None:
     plt.close(figure)
 
 
+GRID_SAMPLES = 64  # samples.png shows this many; samples.npz holds all
+# what `evaluate` and `sample` use of the Trainer: its device
+SHOWN_TRAINER_OPTIONS = {"trainer.accelerator", "trainer.devices"}
+
+
+def hide_unused_options(parser) -> None:
+    """``evaluate --help``/``sample --help`` list only the Trainer options they use. The others stay
+    accepted (a fit config names them) and ignored."""
+    for action in parser._actions:
+        if (action.dest.startswith("trainer.") and action.dest not in SHOWN_TRAINER_OPTIONS
+                or action.dest == "test_after_fit"):
+            action.help = argparse.SUPPRESS
+    for group in parser._action_groups:
+        if any(action.dest in SHOWN_TRAINER_OPTIONS for action in group._group_actions):
+            group.title = "The Trainer options this command uses (the others are accepted, e.g. from a fit config)"
+
+
+def _given(arguments: dict, *names: str) -> dict:
+    """The numbers among ``arguments[names]`` (``val_check_interval`` may also be a duration)."""
+    return {name: arguments[name] for name in names
+            if isinstance(arguments.get(name), (int, float)) and not isinstance(arguments[name], bool)}
+
+
 class LightningGenTrainer(Trainer):
+    def __init__(self, **kwargs):
+        # counts Lightning takes without a check and then divides by (or silently ignores)
+        check_range(at_least=1, **_given(kwargs, "check_val_every_n_epoch", "accumulate_grad_batches",
+                                         "log_every_n_steps"))
+        check_range(above=0, **_given(kwargs, "val_check_interval"))  # a number of batches or a share of them
+        check_range(at_least=-1, **_given(kwargs, "num_sanity_val_steps"))  # -1: the whole validation set
+        super().__init__(**kwargs)
+
     def evaluate(
         self,
         model,
@@ -121,6 +153,10 @@ class LightningGenTrainer(Trainer):
                 model's ``test_importance_samples``).
         """
         _load_weights(model, ckpt_path, "evaluate")
+        check_range(at_least=1, **{"--batch_size": batch_size, "--max_real": max_real,
+                                   "--importance_samples": importance_samples})
+        check_output_folder(Path(ckpt_path).parent, "metrics.json is written beside --ckpt_path, in",
+                            fix="evaluate a copy of the checkpoint in a writable folder")
         if datamodule is None:
             raise LightningGenError("`evaluate` needs the real data: pass --config or --data, or a checkpoint that records it")
         if metrics is None and len(model.data_shape) == 1:  # points of a toy mixture: no image features
@@ -155,13 +191,14 @@ class LightningGenTrainer(Trainer):
         Args:
             ckpt_path: the checkpoint to sample from.
             num_samples: how many samples.
-            out: output folder; gets samples.png (a grid) and samples.npz (``images``: uint8, NCHW).
+            out: output folder; gets samples.npz (``images``: uint8, NCHW; all samples) and samples.png (a
+                grid of the first 64).
             seed: seed of the sample generator; the same seed gives the same images.
             batch_size: samples per call of ``model.sample``.
         """
         _load_weights(model, ckpt_path, "sample")
-        if num_samples < 1:
-            raise LightningGenError(f"--num_samples must be at least 1, got {num_samples}")
+        check_range(at_least=1, **{"--num_samples": num_samples, "--batch_size": batch_size})
+        check_output_folder(out, "--out")
         device = self.strategy.root_device
         model.to(device).eval()
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -178,12 +215,15 @@ class LightningGenTrainer(Trainer):
         folder.mkdir(parents=True, exist_ok=True)
         if samples.dim() == 4:
             np.savez_compressed(folder / "samples.npz", images=to_uint8_levels(samples).to(torch.uint8).numpy())
-            save_image(samples, folder / "samples.png", nrow=max(1, int(math.sqrt(len(samples)))), padding=2,
+            shown = samples[:GRID_SAMPLES]
+            save_image(shown, folder / "samples.png", nrow=max(1, int(math.sqrt(len(shown)))), padding=2,
                        pad_value=1.0)
             kind = "images: uint8, NCHW"
+            picture = f"{folder / 'samples.png'} (the first {len(shown)})"
         else:  # points (toy 2-D data): their coordinates, and a scatter plot
             np.savez_compressed(folder / "samples.npz", points=samples.numpy())
             save_scatter(samples, folder / "samples.png")
             kind = f"points: float32, [N, {samples.shape[1]}]"
-        print(f"{len(samples)} samples (seed {seed}) -> {folder / 'samples.npz'} ({kind}) and {folder / 'samples.png'}")
+            picture = f"{folder / 'samples.png'} (all)"
+        print(f"{len(samples)} samples (seed {seed}) -> {folder / 'samples.npz'} ({kind}) and {picture}")
         return folder

@@ -6,29 +6,38 @@ from contract import GenerativeModelContract, fake_image_batches
 from lightning_gen.models import AE, VAE
 
 
+VAE_TEST_METRICS = ("test/elbo", "test/nll_bpd", "test/recon", "test/kl")
+PREDICTIONS = ("z", "reconstruction")
+SMALL_VAE = dict(latent_dim=4, channels=8, hidden=32, test_importance_samples=8)  # k=8 keeps `test` quick
+
+
 class TestVAE(GenerativeModelContract):
     other_model_class = AE
+    config, test_metrics, predictions = "vae_fmnist.yaml", VAE_TEST_METRICS, PREDICTIONS
 
     def make_model(self):
-        return VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32)
+        return VAE(data_shape=(1, 28, 28), **SMALL_VAE)
 
 
 class TestBernoulliVAE(GenerativeModelContract):
     other_model_class = AE
+    config, test_metrics, predictions = "vae_fmnist.yaml", VAE_TEST_METRICS, PREDICTIONS
 
     def make_model(self):
-        return VAE(data_shape=(1, 28, 28), latent_dim=4, likelihood="bernoulli", channels=8, hidden=32)
+        return VAE(data_shape=(1, 28, 28), likelihood="bernoulli", **SMALL_VAE)
 
 
 class TestRGBVAE(GenerativeModelContract):
     other_model_class = AE
+    config, test_metrics, predictions = "vae_fmnist.yaml", VAE_TEST_METRICS, PREDICTIONS  # no RGB data offline
 
     def make_model(self):
-        return VAE(data_shape=(3, 32, 32), latent_dim=4, channels=8, hidden=32)
+        return VAE(data_shape=(3, 32, 32), **SMALL_VAE)
 
 
 class TestAE(GenerativeModelContract):
     other_model_class = VAE
+    config, test_metrics, predictions = "ae_fmnist.yaml", ("test/recon",), PREDICTIONS
 
     def make_model(self):
         return AE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32)

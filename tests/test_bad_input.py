@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,12 @@ from PIL import Image
 from conftest import CONFIGS, FMNIST_DIR, write_idx
 from lightning_gen.checkpoints import FORMAT_KEY
 from lightning_gen.cli import main
+from lightning_gen.data import FashionMNISTDataModule, ToyMixtureDataModule
+from lightning_gen.errors import ConfigValueError
+from lightning_gen.models import AE, GAN, VAE, PixelCNN
+from lightning_gen.nets.conv import ConvEncoder
+from lightning_gen.nets.gan import MLPGenerator
+from lightning_gen.trainer import LightningGenTrainer
 
 VAE_CONFIG, GAN_CONFIG = str(CONFIGS / "vae_fmnist.yaml"), str(CONFIGS / "gan_fmnist.yaml")
 ONE_STEP = ["--data.init_args.subset", "128", "--trainer.max_steps", "1", "--trainer.limit_val_batches", "1",
@@ -60,6 +68,8 @@ def workspace(tmp_path_factory):
     for i in range(8):
         Image.fromarray(np.full((30, 30, 3), 20 * i, np.uint8)).save(odd_size / f"{i}.png")
     (inputs / "a_file").write_text("a file where a folder should go\n")
+    (inputs / "earlier_run").mkdir()
+    (inputs / "earlier_run" / "config.yaml").write_text("trainer: {}\n")
     (inputs / "misspelled.yaml").write_text(yaml.safe_dump({"model": {"init_args": {"latnt_dim": 8}}}))
     return root
 
@@ -122,6 +132,39 @@ def _cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
         "run folder under a file": (["fit", "--config", VAE_CONFIG, "--trainer.default_root_dir", str(inputs / "a_file/runs"),
                                      "--trainer.logger.init_args.save_dir", str(inputs / "a_file/runs")],
                                     ["a_file", "is a file", "--trainer.default_root_dir"]),
+        **_rejected_values(root),
+    }
+
+
+def _rejected_values(root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """Values that Lightning, torch, the DataLoader or our own constructors refuse, or accepted silently
+    before: each one named with its full option path, caught before the run folder exists."""
+    vae = str(root / "runs/vae_fmnist/version_0/checkpoints/last.ckpt")
+    return {
+        "trainer option Lightning refuses": (["fit", "--config", VAE_CONFIG, "--trainer.max_time", "00:00:5:00"],
+                                             ["--trainer.max_time 00:00:5:00", "DD:HH:MM:SS"]),
+        "callback option Lightning refuses": (["fit", "--config", VAE_CONFIG, "--trainer.callbacks+=ModelCheckpoint",
+                                               "--trainer.callbacks.every_n_epochs", "-1"],
+                                              ["every_n_epochs -1", "Must be >= 0"]),
+        "negative learning rate": (["fit", "--config", VAE_CONFIG, "--model.init_args.optimizer.init_args.lr", "-1"],
+                                   ["--model.init_args.optimizer.init_args.lr -1.0", "Invalid learning rate"]),
+        "Adam beta of a GAN player out of range": (
+            ["fit", "--config", GAN_CONFIG, "--model.init_args.discriminator_optimizer.init_args.betas", "[1.5, 0.9]"],
+            ["--model.init_args.discriminator_optimizer.init_args.betas", "Invalid beta parameter"]),
+        "batch size of zero": (["fit", "--config", VAE_CONFIG, "--data.init_args.batch_size", "0"],
+                               ["--data.init_args.batch_size must be at least 1, got 0"]),
+        "latent size of zero": (["fit", "--config", VAE_CONFIG, "--model.init_args.latent_dim", "0"],
+                                ["--model.init_args.latent_dim must be at least 1, got 0"]),
+        "network width of zero (shorthand option)": (["fit", "--config", GAN_CONFIG, "--model.width", "0"],
+                                                     ["--model.init_args.width must be at least 1, got 0"]),
+        "counter Lightning would divide by": (["fit", "--config", VAE_CONFIG, "--trainer.check_val_every_n_epoch", "0"],
+                                              ["--trainer.check_val_every_n_epoch must be at least 1, got 0"]),
+        "existing file as sample --out": (["sample", "--ckpt_path", vae, "--out", str(root / "inputs/a_file")],
+                                          ["--out", "a_file", "is a file, not a folder"]),
+        "run folder of an earlier run without a logger": (
+            ["fit", "--config", VAE_CONFIG, "--trainer.logger", "false", "--trainer.callbacks", "[]",
+             "--trainer.default_root_dir", str(root / "inputs/earlier_run")],
+            ["earlier_run/config.yaml exists", "--trainer.default_root_dir"]),
     }
 
 
@@ -169,3 +212,50 @@ def test_debug_shows_the_traceback(workspace, capsys, monkeypatch):
     with pytest.raises(Exception) as raised:
         main(args)
     assert type(raised.value).__name__ == "CheckpointError"
+
+
+def test_an_error_is_the_error_without_advertisements(tmp_path):
+    """Lightning logs a "💡 Tip: ... litlogger" line when it builds a Trainer; the launcher drops it (its
+    logging bypasses pytest's capture, hence a real process)."""
+    plain = subprocess.run([sys.executable, "-c", "import lightning.pytorch as pl; pl.Trainer(logger=False)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert "Tip:" in plain.stdout + plain.stderr  # the control: Lightning alone shows it
+    result = subprocess.run([sys.executable, "-m", "lightning_gen", "fit", "--config", VAE_CONFIG,
+                             "--trainer.max_time", "00:00:5:00"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert "Tip:" not in result.stdout + result.stderr and "Traceback" not in result.stderr
+    assert result.stderr.count("lightning-gen: error:") == 1 and "--trainer.max_time" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+OUT_OF_RANGE = [  # (class, arguments, the message): sizes, counts, weights, fractions of our own classes
+    (VAE, {"latent_dim": 0}, "latent_dim must be at least 1, got 0"),
+    (AE, {"channels": -4}, "channels must be at least 1, got -4"),
+    (VAE, {"hidden": 0}, "hidden must be at least 1, got 0"),
+    (VAE, {"beta": -0.5}, "beta must be at least 0, got -0.5"),
+    (VAE, {"test_importance_samples": 0}, "test_importance_samples must be at least 1, got 0"),
+    (GAN, {"width": 0}, "width must be at least 1, got 0"),
+    (GAN, {"data_shape": (2,), "hidden": 0}, "hidden must be at least 1, got 0"),
+    (GAN, {"gp_weight": -1.0}, "gp_weight must be at least 0, got -1.0"),
+    (GAN, {"ema_decay": float("nan")}, "ema_decay must be in [0, 1), got nan"),
+    (PixelCNN, {"layers": 0}, "layers must be at least 1, got 0"),
+    (PixelCNN, {"distribution": "logistic_mixture", "mixture_components": 0}, "mixture_components must be at least 1"),
+    (FashionMNISTDataModule, {"batch_size": 0}, "batch_size must be at least 1, got 0"),
+    (FashionMNISTDataModule, {"eval_batch_size": -8}, "eval_batch_size must be at least 1, got -8"),
+    (FashionMNISTDataModule, {"num_workers": -1}, "num_workers must be at least 0, got -1"),
+    (ToyMixtureDataModule, {"std": 0.0}, "std must be greater than 0, got 0.0"),
+    (ToyMixtureDataModule, {"num_train": 1}, "num_train must be at least 2, got 1"),
+    (lambda **kw: ConvEncoder((1, 28, 28), **kw), {"out_features": 0}, "out_features must be at least 1, got 0"),
+    (lambda **kw: MLPGenerator(2, 4, **kw), {"depth": 0}, "depth must be at least 1, got 0"),
+    (LightningGenTrainer, {"accumulate_grad_batches": 0}, "accumulate_grad_batches must be at least 1, got 0"),
+    (LightningGenTrainer, {"val_check_interval": -0.5}, "val_check_interval must be greater than 0, got -0.5"),
+]
+
+
+@pytest.mark.parametrize("build, arguments, message", OUT_OF_RANGE,
+                         ids=[f"{getattr(c, '__name__', 'net')}-{list(a)[-1]}" for c, a, _ in OUT_OF_RANGE])
+def test_numeric_arguments_out_of_range_are_refused_by_name(build, arguments, message):
+    with pytest.raises(ConfigValueError) as refused:
+        build(**arguments)
+    assert message in str(refused.value)

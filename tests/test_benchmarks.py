@@ -1,5 +1,6 @@
 """`make bench`'s runner in its quick mode: every benchmark starts, runs and prints its table (a crash
-check; the numbers of a quick run are not meaningful and are not asserted)."""
+check; the numbers of a quick run are not meaningful and are not asserted). And the arithmetic of the
+fixed-budget quality table: median, worst seed, the better of the two baselines."""
 
 from __future__ import annotations
 
@@ -9,11 +10,17 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
+from quality_at_budget import DEFAULT_RESULTS, family_table  # noqa: E402
 from run_all import BENCHMARKS  # noqa: E402
+
+
+def _file_state(path):
+    return path.read_bytes() if path.is_file() else None
 
 
 def test_every_benchmark_runs_in_quick_mode_and_lands_on_the_page(tmp_path):
     page = tmp_path / "bench.md"
+    quality_results = _file_state(DEFAULT_RESULTS)
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--out", str(page)],
                             capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -24,3 +31,32 @@ def test_every_benchmark_runs_in_quick_mode_and_lands_on_the_page(tmp_path):
     for section in sections:  # each printed a table with at least a header and one measured row
         block = section.split("```")[1]
         assert len([line for line in block.splitlines() if line.strip()]) >= 3, section[:200]
+    assert _file_state(DEFAULT_RESULTS) == quality_results, "--quick must not append to the repository's results"
+
+
+def _record(contender: str, setting: str, seed: int, fid: float, minutes: float = 5.0) -> dict:
+    return {"family": "gan", "contender": contender, "setting": setting, "description": f"setting {setting}",
+            "seed": seed, "minutes": minutes, "images_trained": 1000, "images_per_budget_second": 3.3,
+            "metrics": {"fid": fid, "kid": 1.0, "precision": 0.5, "recall": 0.25}, "evaluation": {"num_samples": 100},
+            "machine": {"cpu": "test CPU", "threads": 2, "device": "cpu"}, "quick": False}
+
+
+def test_quality_table_reports_median_and_worst_seed_against_the_better_baseline(tmp_path):
+    default = "configs/gan_fmnist.yaml"
+    records = [
+        _record("lightning-gen", default, 0, 999.0),  # replaced by the later run of the same seed
+        *(_record("lightning-gen", default, seed, fid) for seed, fid in enumerate((100.0, 120.0, 300.0))),
+        *(_record("plain", "A", seed, fid) for seed, fid in enumerate((150.0, 160.0, 170.0))),
+        *(_record("plain", "B", seed, fid) for seed, fid in enumerate((90.0, 500.0, 130.0))),
+        _record("lightning-gen", default, 0, 1.0, minutes=15.0),  # another budget: another table
+    ]
+    text = "\n".join(family_table(records, "gan", 5.0, quick=False, results=tmp_path / "r.jsonl"))
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert "0: 100.0, 1: 120.0, 2: 300.0 | 120.0 | 300.0 (2)" in rows[default]
+    assert "| 160.0 | 170.0 (2)" in rows["A: setting A"]
+    assert "| 130.0 | 500.0 (1)" in rows["B: setting B"]
+    # B has the lower median FID (130 < 160), so it is the baseline: 120 / 130
+    assert "the baseline: plain B" in text and "median FID = 0.923" in text
+
+    only_default = [r for r in records if r["contender"] == "lightning-gen"]
+    assert "no ratio" in "\n".join(family_table(only_default, "gan", 5.0, quick=False, results=tmp_path / "r.jsonl"))

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from conftest import CONFIGS, REPO
 from contract import file_digests
@@ -97,6 +98,7 @@ def trained_run(tmp_path_factory, fmnist_dir) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (root / "stdout.txt").write_text(result.stdout)
+    (root / "stderr.txt").write_text(result.stderr)
     return root
 
 
@@ -115,6 +117,7 @@ def test_fit_leaves_a_complete_run_folder_and_says_where(trained_run):
     assert closing.startswith(f"run folder: runs/vae_fmnist/{folder.name}")
     for line in ("config:", "best ckpt:", "last ckpt:", "metrics:", "pictures:", "test/nll_bpd", "val/elbo"):
         assert line in closing
+    assert "Tip:" not in stdout + (trained_run / "stderr.txt").read_text()  # Lightning's litlogger advertisement
 
 
 def test_validate_test_and_predict_use_a_checkpoint(trained_run, monkeypatch, capsys):
@@ -231,6 +234,39 @@ def test_sample_reproduces_from_a_seed(trained_run, monkeypatch, tmp_path, capsy
     assert (tmp_path / "a" / "samples.png").is_file()
 
 
+def test_sample_draws_all_into_the_npz_and_a_grid_of_the_first_64_into_the_png(trained_run, monkeypatch, tmp_path,
+                                                                               capsys):
+    monkeypatch.chdir(trained_run)
+    ckpt = str(_run_folders(trained_run)[0] / "checkpoints" / "last.ckpt")
+    # with the training config: the Trainer options that sample does not use are still accepted
+    main(["sample", "--config", str(CONFIGS / "vae_fmnist.yaml"), "--ckpt_path", ckpt, "--num_samples", "70",
+          "--batch_size", "32", "--out", str(tmp_path)])
+    assert np.load(tmp_path / "samples.npz")["images"].shape == (70, 1, 28, 28)
+    with Image.open(tmp_path / "samples.png") as grid:
+        assert grid.size == (8 * 30 + 2, 8 * 30 + 2)  # 8 x 8 images of 28 pixels, 2 pixels apart
+    assert "samples.png (the first 64)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["evaluate", "sample"])
+def test_evaluate_and_sample_help_lists_only_the_trainer_options_they_use(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    shown = capsys.readouterr().out
+    for option in ("--ckpt_path", "--num_samples", "--seed", "--trainer.accelerator", "--trainer.devices"):
+        assert option in shown
+    for option in ("--trainer.max_epochs", "--trainer.gradient_clip_val", "--trainer.callbacks", "--test_after_fit"):
+        assert option not in shown
+    assert len(shown.splitlines()) < 200
+
+
+def test_fit_help_still_lists_every_trainer_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    shown = capsys.readouterr().out
+    assert "--trainer.max_epochs" in shown and "--trainer.gradient_clip_val" in shown and "--test_after_fit" in shown
+
+
 def test_evaluate_and_sample_refuse_bad_requests(trained_run, monkeypatch, capsys, tmp_path):
     monkeypatch.chdir(trained_run)
     ckpt = str(_run_folders(trained_run)[0] / "checkpoints" / "last.ckpt")
@@ -256,7 +292,9 @@ def test_help_names_every_command_including_those_on_finished_runs(capsys):
         assert command in shown, command
 
 
-def test_a_model_option_typed_on_the_command_line_wins_over_the_checkpoint(trained_run, monkeypatch, tmp_path):
+@pytest.mark.parametrize("spelling", ["--model.init_args.val_importance_samples", "--model.val_importance_samples"])
+def test_a_model_option_typed_on_the_command_line_wins_over_the_checkpoint(trained_run, monkeypatch, tmp_path,
+                                                                          spelling):
     monkeypatch.chdir(trained_run)
     ckpt = str(_run_folders(trained_run)[0] / "checkpoints" / "last.ckpt")
     command = ["validate", "--config", str(CONFIGS / "vae_fmnist.yaml"), "--ckpt_path", ckpt, *FAST[:2],
@@ -264,5 +302,7 @@ def test_a_model_option_typed_on_the_command_line_wins_over_the_checkpoint(train
                str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
     from_checkpoint = LightningGenCLI(args=command).model
     assert from_checkpoint.val_importance_samples == 2  # the trained run's value beats the config file's 8
-    typed = LightningGenCLI(args=[*command, "--model.init_args.val_importance_samples", "3"]).model
+    typed = LightningGenCLI(args=[*command, spelling, "3"]).model
     assert typed.val_importance_samples == 3 and typed.latent_dim == from_checkpoint.latent_dim
+    typed = LightningGenCLI(args=[*command, f"{spelling}=5"]).model
+    assert typed.val_importance_samples == 5

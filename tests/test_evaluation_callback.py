@@ -43,6 +43,25 @@ def test_vae_gets_sample_and_likelihood_metrics_with_protocols(fmnist_dir, tmp_p
     assert callback.seconds_spent > 0
 
 
+def test_testing_evaluates_against_the_test_split_under_test_names(fmnist_dir, tmp_path):
+    data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=100, batch_size=100)
+    model = VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32, test_importance_samples=2)
+    callback = EvaluationCallback(metrics=["fid", "nll_bpd"], num_samples=50, real_split="val",
+                                  cache_dir=str(tmp_path / "cache"))
+    trainer = _trainer(tmp_path, callback)
+    (results,) = trainer.test(model, datamodule=data, verbose=False)
+    assert {"test/fid_fmnist_clf", "test/nll_bpd"} <= set(results)
+    assert not any(key.startswith("val/") for key in trainer.callback_metrics)
+    records = [json.loads(line) for line in (Path(trainer.log_dir) / "evaluation.jsonl").read_text().splitlines()]
+    by_name = {r["name"]: r for r in records}
+    assert {r["stage"] for r in records} == {"test"}
+    # real_split chooses the real images of validation only: test compares with the (100) test images
+    assert by_name["fid_fmnist_clf"]["protocol"]["real_split"] == "test"
+    assert by_name["fid_fmnist_clf"]["protocol"]["num_real"] == 100
+    assert by_name["nll_bpd"]["protocol"]["split"] == "test" and by_name["nll_bpd"]["protocol"]["num_images"] == 100
+    assert callback.seconds_spent == 0  # the share of fit time counts validation only
+
+
 def test_a_model_without_likelihood_is_refused_before_training(tmp_path, fmnist_dir):
     callback = EvaluationCallback(metrics=["fid", "nll_bpd"], num_samples=10)
     trainer = _trainer(tmp_path, callback)

@@ -11,18 +11,20 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from conftest import CONFIGS
-from contract import GenerativeModelContract
-from lightning_gen.cli import LightningGenCLI, main
+from contract import GenerativeModelContract, check_every_command
+from lightning_gen.cli import main
 from lightning_gen.data import ToyMixtureDataModule
-from lightning_gen.data.toy import mixture_means
 from lightning_gen.errors import DivergenceError
 from lightning_gen.losses.gan import OBJECTIVES, build_objective, gradient_penalty, minimax_value, r1_penalty
-from lightning_gen.metrics.mode_coverage import mode_coverage
 from lightning_gen.models import GAN, VAE
+
+
+GAN_TEST_METRICS = ("test/value", "test/d_real", "test/d_fake")
 
 
 class TestImageGAN(GenerativeModelContract):
     other_model_class = VAE
+    config, test_metrics, predictions = "gan_fmnist.yaml", GAN_TEST_METRICS, ()
 
     def make_model(self):
         return GAN(data_shape=(1, 28, 28), latent_dim=8, width=8)
@@ -30,6 +32,7 @@ class TestImageGAN(GenerativeModelContract):
 
 class TestRGBGAN(GenerativeModelContract):
     other_model_class = VAE
+    config, test_metrics, predictions = "gan_fmnist.yaml", GAN_TEST_METRICS, ()  # no RGB data offline
 
     def make_model(self):
         return GAN(data_shape=(3, 32, 32), latent_dim=8, width=8, objective="hinge", spectral_norm=True)
@@ -181,25 +184,10 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
     assert saved["epoch"] == 0 and all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
 
 
-def _toy_config_run(tmp_path, monkeypatch, *overrides) -> GAN:
-    monkeypatch.chdir(tmp_path)
-    cli = LightningGenCLI(args=["fit", "--config", str(CONFIGS / "gan_toy_ring.yaml"),
-                                "--trainer.enable_progress_bar", "false", "--trainer.callbacks", "[]",
-                                "--trainer.enable_checkpointing", "false", *overrides])
-    return cli.model
-
-
-def test_default_toy_config_covers_the_ring_and_a_broken_discriminator_does_not(tmp_path, monkeypatch):
-    means = mixture_means("ring8")
-    model = _toy_config_run(tmp_path, monkeypatch)
-    coverage = mode_coverage(model.sample(5000, torch.Generator().manual_seed(1)), means, std=0.02)
-    print("default toy config:", coverage)
-    assert coverage["modes_covered"] >= 7 and coverage["high_quality_fraction"] >= 0.8, coverage
-    broken = _toy_config_run(tmp_path, monkeypatch, "--model.init_args.discriminator_optimizer.init_args.lr", "0",
-                             "--trainer.max_epochs", "10")
-    coverage = mode_coverage(broken.sample(5000, torch.Generator().manual_seed(1)), means, std=0.02)
-    print("discriminator lr 0:", coverage)
-    assert coverage["modes_covered"] < 7 or coverage["high_quality_fraction"] < 0.8, coverage
+def test_fit_test_validate_and_predict_of_a_toy_gan_through_the_command_line(in_tmp_dir, monkeypatch, capsys):
+    """The contract's command-line test for point data (the contract's pixel-range tests do not apply)."""
+    check_every_command(in_tmp_dir, monkeypatch, capsys, "gan_toy_ring.yaml", [],
+                        (*GAN_TEST_METRICS, "test/modes_covered"), ())
 
 
 def test_sample_and_evaluate_of_a_toy_gan_speak_in_points_and_modes(tmp_path, monkeypatch, capsys):

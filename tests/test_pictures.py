@@ -12,7 +12,7 @@ from PIL import Image
 
 from contract import fake_image_batches
 from lightning_gen.callbacks import PictureLogger
-from lightning_gen.models import VAE
+from lightning_gen.models import GAN, VAE
 from lightning_gen.models.base import GenerativeModule
 
 
@@ -22,6 +22,7 @@ class RecordingImageLogger(Logger):
     def __init__(self):
         super().__init__()
         self.images: dict[str, list] = {}
+        self.metric_steps: dict[int, set[str]] = {}
 
     name = "recording"
     version = 0
@@ -30,7 +31,7 @@ class RecordingImageLogger(Logger):
         self.images.setdefault(key, []).append((step, images))
 
     def log_metrics(self, metrics, step=None):
-        pass
+        self.metric_steps.setdefault(step, set()).update(metrics)
 
     def log_hyperparams(self, params, *args, **kwargs):
         pass
@@ -125,3 +126,14 @@ def test_a_model_without_encode_gets_only_samples(tmp_path):
 def test_every_n_epochs_is_respected(tmp_path):
     pictures, _ = _fit_with_pictures(tmp_path, SampleOnlyModel(), [CSVLogger(tmp_path)], every_n_epochs=2)
     assert [p.name for p in pictures.written] == ["val_samples_epoch0001.png"]
+
+
+def test_pictures_share_the_x_position_of_the_scalars_when_global_step_runs_ahead(tmp_path):
+    # a GAN steps two optimizers per batch: global_step is twice the batch count that scalars are logged at
+    model = GAN(data_shape=(1, 28, 28), latent_dim=8, width=8)
+    recorder = RecordingImageLogger()
+    pictures, trainer = _fit_with_pictures(tmp_path, model, [recorder], num_samples=4)
+    assert trainer.global_step == 2 * 2 * 2  # 2 epochs x 2 batches x (D + G)
+    picture_steps = [step for step, _ in recorder.images["val/samples"]]
+    validation_steps = sorted(step for step, names in recorder.metric_steps.items() if "val/value" in names)
+    assert picture_steps == validation_steps == [1, 3]  # global_step was 4 and 8 there

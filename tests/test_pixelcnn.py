@@ -25,8 +25,12 @@ from lightning_gen.nets.masked import CausalConv2d
 from lightning_gen.nets.pixelcnn import ClassicPixelCNN, GatedPixelCNN
 
 
+PIXELCNN_TEST_METRICS, PIXELCNN_PREDICTIONS = ("test/nll", "test/nll_bpd"), ("nll", "nll_bpd")
+
+
 class TestPixelCNNContract(GenerativeModelContract):
     other_model_class = VAE
+    config, test_metrics, predictions = "pixelcnn_fmnist.yaml", PIXELCNN_TEST_METRICS, PIXELCNN_PREDICTIONS
 
     def make_model(self):
         return PixelCNN(data_shape=(1, 8, 8), hidden=8, layers=2, kernel_size=3)
@@ -34,6 +38,8 @@ class TestPixelCNNContract(GenerativeModelContract):
 
 class TestRGBMixturePixelCNNContract(GenerativeModelContract):
     other_model_class = VAE
+    # no RGB data offline: the mixture runs on grayscale images
+    config, test_metrics, predictions = "pixelcnn_fmnist.yaml", PIXELCNN_TEST_METRICS, PIXELCNN_PREDICTIONS
 
     def make_model(self):
         return PixelCNN(data_shape=(3, 8, 8), distribution="logistic_mixture", mixture_components=2, hidden=12,
@@ -206,7 +212,8 @@ def test_pixelcnn_learns_fashion_mnist(fmnist_dir, tmp_path):
     trainer.fit(model, datamodule=data)
     after = trainer.validate(model, datamodule=data, verbose=False)[0]["val/nll_bpd"]
     assert 7.5 < before < 8.5, before  # near the 8 bits/dim of a uniform model over 256 levels
-    # 4.81 measured: 2 epochs of 1080 images move a small model most of the way from uniform
+    # 4.81 measured (4.68-4.88 over seeds 1-3): 2 epochs of 1080 images move a small model most of the way
+    # from uniform; a likelihood, not a chaotic trajectory, so other CPUs' rounding stays far from 5.2
     assert after < 5.2, (before, after)
 
 
@@ -218,7 +225,7 @@ def test_default_config_fits_tests_evaluates_and_samples_through_the_cli(fmnist_
     config = yaml.safe_load((CONFIGS / "pixelcnn_fmnist.yaml").read_text())
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("EvaluationCallback"):
-            callback["init_args"]["num_samples"] = 128  # budget only: the default takes 3000
+            callback["init_args"]["num_samples"] = 32  # budget only (at val and at test): the default takes 3000
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(config))
     run = lambda *args: subprocess.run([sys.executable, "-m", "lightning_gen", *args], cwd=tmp_path,  # noqa: E731
                                        capture_output=True, text=True, timeout=600,

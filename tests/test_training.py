@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lightning_gen.data import FashionMNISTDataModule, ImageFolderDataModule, MNISTDataModule
-from lightning_gen.models import AE, VAE, PixelCNN
+from lightning_gen.models import AE, GAN, VAE, PixelCNN
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
@@ -32,7 +32,9 @@ def test_vae_learns_fashion_mnist(fmnist_dir, tmp_path):
     model = VAE(data_shape=data.data_shape, latent_dim=16, kl_warmup_steps=50, val_importance_samples=4)
     before, after = _fit_and_compare(model, data, tmp_path, "val/elbo", epochs=5)
     # ELBO in nats per image (higher is better): a clear gain, to about half of the 8 bits/dim of a
-    # uniform model over 256 levels
+    # uniform model over 256 levels. A likelihood on a smooth objective, not a chaotic trajectory: over
+    # seeds 1-3 the gain was 763-829 nats and 3.94-3.98 bits/dim, so other CPUs' rounding stays far
+    # from these bounds
     assert after > before + 600, (before, after)
     assert -after / (784 * np.log(2)) < 4.2, (before, after)
 
@@ -42,8 +44,8 @@ def test_ae_learns_fashion_mnist(fmnist_dir, tmp_path):
     data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=3000, batch_size=64)
     model = AE(data_shape=data.data_shape, latent_dim=16)
     before, after = _fit_and_compare(model, data, tmp_path, "val/recon", epochs=5)
-    # reconstruction NLL in nats per image (lower is better)
-    assert after < before - 800, (before, after)
+    # reconstruction NLL in nats per image (lower is better); over seeds 1-3 it fell by 830-862 nats
+    assert after < before - 700, (before, after)
 
 
 def _image_folder(tmp_path, grayscale: bool, size: int):
@@ -66,6 +68,7 @@ MODELS = {
     "vae_bernoulli": lambda shape: VAE(data_shape=shape, latent_dim=4, channels=8, hidden=32, likelihood="bernoulli"),
     "pixelcnn": lambda shape: PixelCNN(data_shape=shape, hidden=12, layers=2, kernel_size=3),
     "pixelcnn_mixture": lambda shape: PixelCNN(data_shape=shape, distribution="logistic_mixture", hidden=12, layers=2),
+    "gan": lambda shape: GAN(data_shape=shape, latent_dim=8, width=8),
 }
 
 
@@ -77,5 +80,5 @@ def test_fast_dev_run_of_every_model_on_every_datamodule(model_name, data_name, 
     trainer = _trainer(tmp_path, fast_dev_run=True)
     trainer.fit(model, datamodule=data)
     (results,) = trainer.test(model, datamodule=data, verbose=False)
-    assert trainer.global_step == 1
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 1  # (a GAN's global_step counts 2)
     assert all(np.isfinite(v) for v in results.values()) and results

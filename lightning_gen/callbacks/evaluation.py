@@ -1,4 +1,5 @@
-"""Evaluation during training, the same for every model: ``val/<metric>`` from the metric registry."""
+"""Evaluation the same for every model: ``val/<metric>`` during training, ``test/<metric>`` at test time,
+from the metric registry."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from lightning_gen.runs import run_folder, writing
 
 class EvaluationCallback(pl.Callback):
     """Every ``every_n_epochs`` validation epochs, compute ``metrics`` with ``evaluate_model`` and log
-    them as ``val/<name>`` (e.g. ``val/fid_fmnist_clf``); append each result with its protocol to
-    ``<run folder>/evaluation.jsonl``.
+    them as ``val/<name>`` (e.g. ``val/fid_fmnist_clf``); at the end of every test epoch (``test``,
+    ``fit --test_after_fit true``), compute them against the test split and log them as ``test/<name>``.
+    Append each result with its stage and protocol to ``<run folder>/evaluation.jsonl``.
 
     Samples come from ``model.sample(n, generator)`` with one generator per process, so under DDP no two
     processes draw the same samples; real images come from the ``real_split`` (default: validation,
@@ -33,7 +35,8 @@ class EvaluationCallback(pl.Callback):
         metrics: names from ``lightning_gen.metrics.METRIC_NAMES``.
         every_n_epochs: evaluate after every n-th validation epoch (and never during the sanity check).
         num_samples: generated samples per evaluation (over all processes).
-        real_split / max_real: the real images to compare with.
+        real_split / max_real: the real images to compare with during validation (test always uses
+            the test split).
         features / features_weights: feature extractor name or class path (default by data shape) and
             an optional weights file.
     """
@@ -79,18 +82,24 @@ class EvaluationCallback(pl.Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         start = time.perf_counter()
-        settings = replace(self.settings, progress=trainer.is_global_zero and bool(trainer.progress_bar_callback))
+        self._evaluate(trainer, pl_module, "val", self.settings)
+        self.seconds_spent += time.perf_counter() - start  # the fit-time share counts validation only
+
+    def on_test_epoch_end(self, trainer, pl_module):
+        self._evaluate(trainer, pl_module, "test", replace(self.settings, split="test"))
+
+    def _evaluate(self, trainer, pl_module, stage: str, settings: EvaluationSettings) -> None:
+        settings = replace(settings, progress=trainer.is_global_zero and bool(trainer.progress_bar_callback))
         results = evaluate_model(pl_module, trainer.datamodule, settings, pl_module.device)
         kill_point("evaluation")
         for result in results:
             # every process computed the same synced value: the max over processes returns it exactly
             # (and tells Lightning the value is synced, rather than a per-process number)
-            pl_module.log(f"val/{result.name}", result.value, sync_dist=True, reduce_fx="max")
-        self.seconds_spent += time.perf_counter() - start
+            pl_module.log(f"{stage}/{result.name}", result.value, sync_dist=True, reduce_fx="max")
         if trainer.is_global_zero:
             folder = run_folder(trainer)
             folder.mkdir(parents=True, exist_ok=True)
-            lines = [json.dumps({"epoch": trainer.current_epoch, "step": trainer.global_step, **result.to_dict()})
-                     for result in results]
+            lines = [json.dumps({"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step,
+                                 **result.to_dict()}) for result in results]
             with writing(folder / "evaluation.jsonl", "evaluation log"), open(folder / "evaluation.jsonl", "a") as log:
                 log.write("".join(line + "\n" for line in lines))  # one write: a crash leaves no partial line

@@ -35,7 +35,9 @@ def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Pat
             os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
-    step = trainer.global_step
+    # the x-position Lightning logs scalars at: batches that stepped, not global_step (which a GAN
+    # advances once per optimizer, i.e. twice or more per batch)
+    step = trainer.fit_loop.epoch_loop._batches_that_stepped
     for logger in trainer.loggers:
         if callable(getattr(logger, "log_image", None)):  # W&B
             logger.log_image(key=key, images=[str(path)], step=step)  # the PNG: wandb.Image reads arrays as 0..255

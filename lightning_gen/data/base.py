@@ -15,7 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, check_range
 
 
 def batch_images(batch) -> torch.Tensor:
@@ -72,8 +72,9 @@ class SplitDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()  # with the subclass's arguments: lets `evaluate` rebuild it from a checkpoint
-        if not 0 < val_fraction < 1:
-            raise ConfigValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        check_range(above=0, below=1, val_fraction=val_fraction)
+        check_range(at_least=1, batch_size=batch_size, eval_batch_size=eval_batch_size)
+        check_range(at_least=0, num_workers=num_workers)
         if subset is not None and subset < 2:
             raise ConfigValueError(f"subset must be at least 2 (one train and one val sample), got {subset}")
         self.batch_size = batch_size

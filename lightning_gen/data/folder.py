@@ -11,7 +11,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from lightning_gen.data.base import SplitDataModule, resolve_data_dir
-from lightning_gen.errors import ConfigValueError, DatasetFileError
+from lightning_gen.errors import DatasetFileError, check_range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -62,10 +62,8 @@ class ImageFolderDataModule(SplitDataModule):
     ):
         super().__init__(**split_kwargs)
         self.data_dir = resolve_data_dir(data_dir, ".")
-        if image_size < 4:
-            raise ConfigValueError(f"image_size must be at least 4, got {image_size}")
-        if not 0 < test_fraction < 1:
-            raise ConfigValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        check_range(at_least=4, image_size=image_size)
+        check_range(above=0, below=1, test_fraction=test_fraction)
         self.image_size, self.grayscale, self.test_fraction = image_size, grayscale, test_fraction
         self.files, self.labels, classes = self._scan()
         self.data_shape = (1 if grayscale else 3, image_size, image_size)

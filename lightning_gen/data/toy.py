@@ -11,7 +11,7 @@ import math
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.data.base import SplitDataModule
 
 MIXTURES = ("ring8", "grid25")
@@ -57,6 +57,9 @@ class ToyMixtureDataModule(SplitDataModule):
     ):
         super().__init__(**split_kwargs)
         mixture_means(mixture)  # validates the name now, not at setup
+        check_range(above=0, std=std)
+        check_range(at_least=2, num_train=num_train)  # one train and one val point at least
+        check_range(at_least=1, num_test=num_test)
         self.mixture, self.std = mixture, std
         self.num_train, self.num_test, self.data_seed = num_train, num_test, data_seed
         self.data_shape = (2,)

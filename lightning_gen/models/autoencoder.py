@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import check_range
 from lightning_gen.data.base import batch_images
 from lightning_gen.losses import build_likelihood, gaussian_kl_to_standard, log_normal, reparameterize
 from lightning_gen.losses.gaussian import log_standard_normal
@@ -46,6 +46,7 @@ class _Autoencoder(GenerativeModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
         self.data_shape = check_image_shape(tuple(data_shape))
+        check_range(at_least=1, latent_dim=latent_dim, channels=channels, hidden=hidden)
         self.latent_dim = latent_dim
         self.likelihood = build_likelihood(likelihood, binarization)
         self.encoder = ConvEncoder(self.data_shape, self.encoder_outputs_per_latent * latent_dim, channels, hidden)
@@ -176,8 +177,9 @@ class VAE(_Autoencoder):
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
-        if beta < 0 or kl_warmup_steps < 0 or val_importance_samples < 1 or test_importance_samples < 1:
-            raise ConfigValueError("beta and kl_warmup_steps must be >= 0 and the importance sample counts >= 1")
+        check_range(at_least=0, beta=beta, kl_warmup_steps=kl_warmup_steps)
+        check_range(at_least=1, val_importance_samples=val_importance_samples,
+                    test_importance_samples=test_importance_samples)
         self.beta, self.kl_warmup_steps = beta, kl_warmup_steps
         self.val_importance_samples, self.test_importance_samples = val_importance_samples, test_importance_samples
 

@@ -32,7 +32,7 @@ from lightning_gen.checkpoints import (
     class_path,
     read_checkpoint,
 )
-from lightning_gen.errors import DivergenceError
+from lightning_gen.errors import DivergenceError, LightningGenError
 from lightning_gen.faults import kill_point
 
 
@@ -93,6 +93,14 @@ class GenerativeModule(pl.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         kill_point("optimizer_step")  # the crash tests' seam: gradients computed, weights not yet updated
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """Per-image outputs for the ``predict`` command (the AE's codes, the PixelCNN's likelihoods); a
+        model with none (the GAN) refuses, pointing at ``sample``, instead of Lightning's call of ``forward``."""
+        raise LightningGenError(
+            f"{type(self).__name__} has no per-image output for `predict`. Draw samples with "
+            "`python -m lightning_gen sample --ckpt_path CKPT --num_samples N --out DIR`, or score the test split "
+            "with `test`.")
 
     def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Images in [0, 1] -> what ``encode`` and ``log_likelihood`` take (identity unless overridden)."""

@@ -24,7 +24,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.data.base import batch_images
 from lightning_gen.data.pixels import from_signed, to_signed
 from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_value, r1_penalty
@@ -35,11 +35,6 @@ from lightning_gen.nets.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscri
 def _adam_for_gans(params):
     """Adam(lr=2e-4, betas=(0.5, 0.999)), the DCGAN setting (Radford et al. 2016)."""
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
-
-
-def total_grad_norm(parameters) -> Tensor:
-    grads = [p.grad.detach().flatten() for p in parameters if p.grad is not None]
-    return torch.cat(grads).norm() if grads else torch.zeros(())
 
 
 class GAN(GenerativeModule):
@@ -54,7 +49,12 @@ class GAN(GenerativeModule):
         ema_decay: decay of the generator EMA used for sampling (0: sample from G itself).
         generator_optimizer / discriminator_optimizer: default Adam(lr=2e-4, betas=(0.5, 0.999)).
         generator_scheduler / discriminator_scheduler: optional, stepped once per epoch.
-        width / hidden: network sizes (conv channels for images, MLP width for points).
+        generator_clip_norm / discriminator_clip_norm: clip that player's gradient norm to this value
+            (None: off). ``--trainer.gradient_clip_val`` is refused under manual optimisation; these are
+            applied after AMP unscaling, where Lightning's own clipping would be.
+        reuse_fakes: G's step scores the fakes D was just trained on (one G forward per batch instead of two,
+            as in the hand-written DCGAN loop); needs one D step and one G step per batch.
+        width / hidden / depth: network sizes (conv channels for images; MLP width and hidden layers for points).
     """
 
     automatic_optimization = False
@@ -75,18 +75,29 @@ class GAN(GenerativeModule):
         ema_decay: float = 0.999,
         width: int = 64,
         hidden: int = 128,
+        depth: int = 3,
         generator_optimizer: OptimizerCallable | None = None,
         discriminator_optimizer: OptimizerCallable | None = None,
         generator_scheduler: LRSchedulerCallable | None = None,
         discriminator_scheduler: LRSchedulerCallable | None = None,
+        generator_clip_norm: float | None = None,
+        discriminator_clip_norm: float | None = None,
+        reuse_fakes: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=[
             "generator_optimizer", "discriminator_optimizer", "generator_scheduler", "discriminator_scheduler"])
-        if n_disc_steps < 1 or n_gen_steps < 1:
-            raise ConfigValueError(f"n_disc_steps and n_gen_steps must be >= 1, got {n_disc_steps}:{n_gen_steps}")
-        if not 0 <= ema_decay < 1:
-            raise ConfigValueError(f"ema_decay must be in [0, 1), got {ema_decay}")
+        check_range(at_least=1, latent_dim=latent_dim, n_disc_steps=n_disc_steps, n_gen_steps=n_gen_steps,
+                    width=width, hidden=hidden, depth=depth)
+        check_range(at_least=0, gp_weight=gp_weight, r1_gamma=r1_gamma)
+        check_range(at_least=0, below=1, ema_decay=ema_decay)
+        check_range(above=0, generator_clip_norm=generator_clip_norm, discriminator_clip_norm=discriminator_clip_norm)
+        self.clip_norms = {"g": generator_clip_norm, "d": discriminator_clip_norm}
+        if reuse_fakes and (n_disc_steps, n_gen_steps) != (1, 1):
+            raise ConfigValueError(f"reuse_fakes needs n_disc_steps 1 and n_gen_steps 1 (one batch of fakes serves "
+                                   f"both steps), got {n_disc_steps} and {n_gen_steps}")
+        self.reuse_fakes = reuse_fakes
+        self._grad_norms: dict[str, Tensor] = {}  # per player, measured in on_before_optimizer_step
         self.data_shape = tuple(data_shape)
         self.images = len(self.data_shape) == 3
         self.latent_dim = latent_dim
@@ -97,8 +108,8 @@ class GAN(GenerativeModule):
             self.generator = DCGANGenerator(self.data_shape, latent_dim, width)
             self.discriminator = DCGANDiscriminator(self.data_shape, width, spectral_norm)
         elif len(self.data_shape) == 1:
-            self.generator = MLPGenerator(self.data_shape[0], latent_dim, hidden)
-            self.discriminator = MLPDiscriminator(self.data_shape[0], hidden, spectral_norm=spectral_norm)
+            self.generator = MLPGenerator(self.data_shape[0], latent_dim, hidden, depth)
+            self.discriminator = MLPDiscriminator(self.data_shape[0], hidden, depth, spectral_norm=spectral_norm)
         else:
             raise ConfigValueError(f"GAN needs images (C, H, W) or points (D,), got data shape {self.data_shape}")
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
@@ -131,14 +142,20 @@ class GAN(GenerativeModule):
     def training_step(self, batch, batch_idx: int) -> None:
         opt_g, opt_d = self.optimizers()
         real = self._to_model_space(batch)
+        if self.reuse_fakes:
+            fake = self.generator(self._latents(len(real)))  # keeps G's graph for G's step
+            self._discriminator_step(opt_d, real, fake.detach())
+            self._generator_step(opt_g, len(real), fake)
+            return
         for _ in range(self.n_disc_steps):
             self._discriminator_step(opt_d, real)
         for _ in range(self.n_gen_steps):
             self._generator_step(opt_g, len(real))
 
-    def _discriminator_step(self, opt_d, real: Tensor) -> None:
-        with torch.no_grad():
-            fake = self.generator(self._latents(len(real)))
+    def _discriminator_step(self, opt_d, real: Tensor, fake: Tensor | None = None) -> None:
+        if fake is None:
+            with torch.no_grad():
+                fake = self.generator(self._latents(len(real)))
         with self.toggled_optimizer(opt_d):
             real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
             loss = self.objective.discriminator_loss(real_scores, fake_scores)
@@ -154,10 +171,12 @@ class GAN(GenerativeModule):
             self.guard_finite(d_loss=loss)
             opt_d.zero_grad()
             self.manual_backward(loss)
-            logs["train/grad_norm_d"] = total_grad_norm(self.discriminator.parameters())
-            opt_d.step()
+            opt_d.step()  # on_before_optimizer_step measures (and clips) the unscaled gradients
+        if not self._logging_this_batch():
+            return  # ten logged values per step cost measurable time on small nets; the logger would drop them
         self.log_dict({
             "train/d_loss": loss.detach(),
+            "train/grad_norm_d": self._grad_norms["d"],
             "train/value": minimax_value(real_scores.detach(), fake_scores.detach()),  # V(D, G)
             "train/d_real": torch.sigmoid(real_scores.detach()).mean(),  # D(x)
             "train/d_fake": torch.sigmoid(fake_scores.detach()).mean(),  # D(G(z))
@@ -165,17 +184,37 @@ class GAN(GenerativeModule):
             **{k: v.detach() for k, v in logs.items()},
         }, prog_bar=False)
 
-    def _generator_step(self, opt_g, n: int) -> None:
+    def _generator_step(self, opt_g, n: int, fake: Tensor | None = None) -> None:
         with self.toggled_optimizer(opt_g):
-            fake_scores = self.discriminator(self.generator(self._latents(n)))
+            fake_scores = self.discriminator(self.generator(self._latents(n)) if fake is None else fake)
             loss = self.objective.generator_loss(fake_scores)
             self.guard_finite(g_loss=loss)
             opt_g.zero_grad()
             self.manual_backward(loss)
-            grad_norm = total_grad_norm(self.generator.parameters())
             opt_g.step()
         self.update_ema()
-        self.log_dict({"train/g_loss": loss.detach(), "train/grad_norm_g": grad_norm}, prog_bar=True)
+        if self._logging_this_batch():
+            self.log_dict({"train/g_loss": loss.detach(), "train/grad_norm_g": self._grad_norms["g"]}, prog_bar=True)
+
+    def _logging_this_batch(self) -> bool:
+        """Whether Lightning writes this batch's step metrics (every ``log_every_n_steps`` batches)."""
+        return self._trainer is None or self.trainer._logger_connector.should_update_logs
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """Gradient norm, and clipping, of the player being stepped. Lightning calls this hook inside
+        ``opt.step()`` after the AMP grad scaler unscaled the gradients (clipping before ``step`` in the
+        training step would clip scaled gradients)."""
+        super().on_before_optimizer_step(optimizer)
+        first = optimizer.param_groups[0]["params"][0]
+        player, net = ("d", self.discriminator) if any(p is first for p in self.discriminator.parameters()) \
+            else ("g", self.generator)
+        clip = self.clip_norms[player]
+        if clip is None and not self._logging_this_batch():
+            return
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        self._grad_norms[player] = torch.nn.utils.get_total_norm(grads).detach()  # before clipping
+        if clip is not None:
+            self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
     def ema_decay_now(self) -> float:
         """min(ema_decay, (1 + n) / (10 + n)) after n updates: the average follows G closely early on, when
@@ -214,15 +253,22 @@ class GAN(GenerativeModule):
                 scheduler.step()
 
     # --- held-out batches: the game's value on data D was not trained on -----------------------
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+        """Log ``<stage>/value`` (V(D, G_ema) on this batch), ``<stage>/d_real`` and ``<stage>/d_fake``."""
         real = self._to_model_space(batch)
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         self.calibrate_ema_batch_norm()
         fake = self.generator_ema(self._latents(len(real), generator))
         real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
-        self.log_dict({"val/value": minimax_value(real_scores, fake_scores),
-                       "val/d_real": torch.sigmoid(real_scores).mean(),
-                       "val/d_fake": torch.sigmoid(fake_scores).mean()}, sync_dist=True)
+        self.log_dict({f"{stage}/value": minimax_value(real_scores, fake_scores),
+                       f"{stage}/d_real": torch.sigmoid(real_scores).mean(),
+                       f"{stage}/d_fake": torch.sigmoid(fake_scores).mean()}, sync_dist=True)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
 
     # --- the common surface --------------------------------------------------------------------
     @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.data.base import batch_images
 from lightning_gen.losses.autoregressive import DISTRIBUTIONS, build_pixel_distribution
 from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
@@ -79,6 +79,7 @@ class PixelCNN(GenerativeModule):
             raise ConfigValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
         if num_classes is not None and num_classes < 1:
             raise ConfigValueError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
+        check_range(at_least=1, mixture_components=mixture_components, hidden=hidden, layers=layers)
         self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
         self.distribution = build_pixel_distribution(distribution, self.data_shape[0], mixture_components)
         self.net = GatedPixelCNN(self.data_shape, self.distribution.params_per_pixel, self.distribution.groups,
@@ -147,6 +148,13 @@ class PixelCNN(GenerativeModule):
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._evaluate(batch, "test")
+
+    def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
+        """Each image's exact -log p(x) of the predict split (the test set): ``nll`` ``[N]`` nats and
+        ``nll_bpd`` ``[N]`` bits/dim (given its label for a class-conditional model, as in ``test``)."""
+        x = batch_images(batch)
+        nll = -self.conditional_log_likelihood(x, self._labels(batch))
+        return {"nll": nll, "nll_bpd": nats_to_bits_per_dim(nll, self.num_dims)}
 
     # --- sampling --------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, check_range
 
 
 def check_image_shape(data_shape: tuple[int, ...], multiple_of: int = 4) -> tuple[int, int, int]:
@@ -32,6 +32,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, data_shape: tuple[int, int, int], out_features: int, channels: int = 32, hidden: int = 256):
         super().__init__()
         in_channels, height, width = check_image_shape(data_shape)
+        check_range(at_least=1, out_features=out_features, channels=channels, hidden=hidden)
         self.net = nn.Sequential(
             nn.Conv2d(in_channels, channels, 4, stride=2, padding=1),  # (N, ch, H/2, W/2)
             nn.SiLU(),
@@ -60,6 +61,8 @@ class ConvDecoder(nn.Module):
     ):
         super().__init__()
         out_channels, height, width = check_image_shape(data_shape)
+        check_range(at_least=1, latent_dim=latent_dim, params_per_channel=params_per_channel, channels=channels,
+                    hidden=hidden)
         self.base_shape = (2 * channels, height // 4, width // 4)
         self.net = nn.Sequential(
             nn.Linear(latent_dim, hidden),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm as apply_spectral_norm
 
+from lightning_gen.errors import check_range
 from lightning_gen.nets.conv import check_image_shape
 
 
@@ -24,6 +25,7 @@ class DCGANGenerator(nn.Module):
     def __init__(self, data_shape: tuple[int, int, int], latent_dim: int, width: int = 64):
         super().__init__()
         channels, height, width_px = check_image_shape(data_shape)
+        check_range(at_least=1, latent_dim=latent_dim, width=width)
         base = (2 * width, height // 4, width_px // 4)
         self.net = nn.Sequential(
             nn.Linear(latent_dim, base[0] * base[1] * base[2], bias=False),
@@ -48,6 +50,7 @@ class DCGANDiscriminator(nn.Module):
     def __init__(self, data_shape: tuple[int, int, int], width: int = 64, spectral_norm: bool = False):
         super().__init__()
         channels, height, width_px = check_image_shape(data_shape)
+        check_range(at_least=1, width=width)
         self.net = nn.Sequential(
             _maybe_sn(nn.Conv2d(channels, width, 4, stride=2, padding=1), spectral_norm),  # (N, w, H/2, W/2)
             nn.LeakyReLU(0.2),
@@ -66,6 +69,7 @@ class MLPGenerator(nn.Module):
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: int = 128, depth: int = 3):
         super().__init__()
+        check_range(at_least=1, data_dim=data_dim, latent_dim=latent_dim, hidden=hidden, depth=depth)
         layers, width = [], latent_dim
         for _ in range(depth):
             layers += [nn.Linear(width, hidden), nn.ReLU()]
@@ -81,6 +85,7 @@ class MLPDiscriminator(nn.Module):
 
     def __init__(self, data_dim: int, hidden: int = 128, depth: int = 3, spectral_norm: bool = False):
         super().__init__()
+        check_range(at_least=1, data_dim=data_dim, hidden=hidden, depth=depth)
         layers, width = [], data_dim
         for _ in range(depth):
             layers += [_maybe_sn(nn.Linear(width, hidden), spectral_norm), nn.LeakyReLU(0.2)]

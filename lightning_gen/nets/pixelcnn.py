@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.nets.conv import check_image_shape
 from lightning_gen.nets.masked import CausalConv2d, channel_groups
 
@@ -134,8 +134,9 @@ class GatedPixelCNN(nn.Module):
         channels = self.data_shape[0]
         if groups not in (1, channels):
             raise ConfigValueError(f"groups must be 1 or the number of image channels ({channels}), got {groups}")
-        if kernel_size < 3 or kernel_size % 2 == 0 or layers < 1:
-            raise ConfigValueError(f"kernel_size must be odd and >= 3 and layers >= 1, got {kernel_size} and {layers}")
+        if kernel_size < 3 or kernel_size % 2 == 0:
+            raise ConfigValueError(f"kernel_size must be odd and at least 3, got {kernel_size}")
+        check_range(at_least=1, params_per_pixel=params_per_pixel, hidden=hidden, layers=layers)
         self.groups, self.hidden, self.kernel_size = groups, hidden, kernel_size
         self.layers = nn.ModuleList(
             GatedLayer(channels if index == 0 else hidden, hidden, kernel_size, index == 0, groups, num_classes)
@@ -210,6 +211,9 @@ class ClassicPixelCNN(nn.Module):
                  hidden: int = 64, layers: int = 8, first_kernel_size: int = 7):
         super().__init__()
         self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
+        if first_kernel_size < 3 or first_kernel_size % 2 == 0:
+            raise ConfigValueError(f"first_kernel_size must be odd and at least 3, got {first_kernel_size}")
+        check_range(at_least=1, params_per_pixel=params_per_pixel, hidden=hidden, layers=layers)
         p = first_kernel_size // 2
         convs = [CausalConv2d(self.data_shape[0], hidden, (first_kernel_size,) * 2, (p, p), "A", groups)]
         for _ in range(layers - 1):
