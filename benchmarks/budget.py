@@ -1,20 +1,30 @@
-"""Shared by the benchmarks: wall-clock budgets and clocks for Lightning fits, the plain baseline loop."""
+"""Shared by the benchmarks: wall-clock budgets and clocks for Lightning fits, the plain baseline loop,
+the machine's description."""
 
 from __future__ import annotations
 
+import platform
 import time
+from pathlib import Path
 
 import lightning.pytorch as pl
 
 
 class StopAfter(pl.Callback):
-    """Counts training images and stops the fit once ``seconds`` of training have passed."""
+    """Counts training images and stops the fit at the first batch end once ``seconds`` have passed.
 
-    def __init__(self, seconds: float):
-        self.budget, self.images, self.seconds, self._start = seconds, 0, 0.0, 0.0
+    The clock starts when training starts, or, given ``started`` (a ``time.perf_counter()`` reading), at
+    that moment: pass the moment the run was launched to count its start-up too (config parsing, data
+    loading, the sanity check). ``seconds`` ends up as the clock's reading at the last training batch.
+    """
+
+    def __init__(self, seconds: float, started: float | None = None):
+        self.budget, self.images, self.seconds = seconds, 0, 0.0
+        self._start, self._fixed_start = (started if started is not None else 0.0), started is not None
 
     def on_train_start(self, trainer, pl_module):
-        self._start = time.perf_counter()
+        if not self._fixed_start:
+            self._start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.images += len(batch[0])
@@ -23,20 +33,39 @@ class StopAfter(pl.Callback):
             trainer.should_stop = True
 
 
-def train_plain(seconds: float, loader_factory, loss_of, optimizer) -> tuple[int, float]:
+def batches_until(deadline: float, loader_factory):
+    """Training batches, epoch after epoch of ``loader_factory()``, until ``time.perf_counter()`` passes
+    ``deadline`` (checked after each batch's work, when the next one is asked for: like ``StopAfter``)."""
+    while True:
+        for batch in loader_factory():
+            yield batch
+            if time.perf_counter() >= deadline:
+                return
+
+
+def train_plain(seconds: float, loader_factory, loss_of, optimizer, started: float | None = None) -> tuple[int, float]:
     """The hand-written baseline loop: epochs of ``loader_factory()`` until ``seconds`` have passed, each
-    batch ``loss_of(x)`` -> zero_grad, backward, step. Returns (training images seen, seconds)."""
-    images, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        for x, _ in loader_factory():
-            loss = loss_of(x)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            images += len(x)
-            if time.perf_counter() - start >= seconds:
-                break
+    batch ``loss_of(x)`` -> zero_grad, backward, step. The clock starts now or at ``started`` (a
+    ``time.perf_counter()`` reading, to count the set-up before the loop). Returns (training images seen,
+    seconds on the clock at the end)."""
+    images, start = 0, time.perf_counter() if started is None else started
+    for x, _ in batches_until(start + seconds, loader_factory):
+        loss = loss_of(x)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        images += len(x)
     return images, time.perf_counter() - start
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
 
 
 class WarmupClock(pl.Callback):

@@ -1,7 +1,8 @@
 """Run every benchmark and rewrite the results page: ``make bench`` (or ``python benchmarks/run_all.py``).
 
-    python benchmarks/run_all.py                 # full runs (about 1.5 hours on a 2-core CPU) -> benchmarks/README.md
+    python benchmarks/run_all.py                 # full runs (about 4 hours on a 2-core CPU) -> benchmarks/README.md
     python benchmarks/run_all.py --minutes 2     # the same with 2-minute budgets for the fixed-budget comparisons
+                                                 # (about 2 hours)
     python benchmarks/run_all.py --quick --out /tmp/bench.md   # each benchmark's --quick mode: a crash check
 
 Each benchmark is also runnable alone and prints its own table of ratios measured side by side in one
@@ -36,6 +37,11 @@ BENCHMARKS = {
                      "images/s", []),
     "autoencoders_vs_plain": ("AE and VAE: default configs vs hand-written MLP autoencoders at the same budget "
                               "(IWAE bits/dim, FID)", []),
+    "quality_at_budget": ("AE, VAE, GAN, PixelCNN: default configs through the CLI vs the better of two plain-PyTorch "
+                          "settings at the same wall-clock budget, over seeds (FID, KID, precision/recall, bits/dim; "
+                          "results appended to benchmarks/quality_at_budget.jsonl)", []),
+    "toy_gan_seeds": ("toy GAN recipes (ring of 8, 5x5 grid): mode coverage and high-quality share per training "
+                      "seed, 10 seeds each", []),
 }
 
 
@@ -43,18 +49,17 @@ def machine() -> list[str]:
     import lightning
     import torch
     import torchmetrics
+    from budget import cpu_name
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return [f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-            f"- CPU: {cpu}, {os.cpu_count()} cores; GPU: {gpu}",
+            f"- CPU: {cpu_name()}, {os.cpu_count()} cores; GPU: {gpu}",
             f"- python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
             f"torchmetrics {torchmetrics.__version__}"]
 
 
 # the benchmarks that train each contender for a wall-clock budget (their --minutes)
-FIXED_BUDGET = ("gan_vs_plain", "pixelcnn_vs_plain", "autoencoders_vs_plain")
+FIXED_BUDGET = ("gan_vs_plain", "pixelcnn_vs_plain", "autoencoders_vs_plain", "quality_at_budget")
 
 
 def main() -> None:

@@ -1,0 +1,603 @@
+"""Sample quality after a fixed wall-clock budget: each family's default config, trained through the CLI,
+against plain-PyTorch scripts written as a competent user would write them, on Fashion-MNIST.
+
+    python benchmarks/quality_at_budget.py --family gan --minutes 5 --seeds 3
+    python benchmarks/quality_at_budget.py --family all        # 5 min; 3 seeds for gan and vae, 1 for ae and pixelcnn
+    python benchmarks/quality_at_budget.py --family vae --minutes 15 --seeds 1
+    python benchmarks/quality_at_budget.py --report --family all --minutes 15   # only the table of stored results
+    python benchmarks/quality_at_budget.py --quick             # 2 s per run, tiny evaluation: a crash check
+
+Each run appends one JSON line to ``--results`` (default benchmarks/quality_at_budget.jsonl; ``--quick``
+writes to a temporary file): family, contender, setting, seed, budget, images trained, metrics, machine,
+library versions, date. Then the script prints a table of every stored result of the chosen families at
+the chosen budget: per contender the FID of each seed (the latest run of each), the median and the worst
+seed (highest FID), medians of the other metrics, and default / baseline median FID, where "the
+baseline" is the better (lower median FID) of the two plain settings, so that it is not a straw man.
+
+The contenders run one after another on this machine, never two at once, for one seed after another;
+each seed seeds every contender the same way (``--seed_everything SEED`` / ``torch.manual_seed(SEED)``).
+All use torch's default thread count (printed) and the device the configs' ``accelerator: auto`` picks.
+
+lightning-gen: ``python -m lightning_gen fit --config configs/<family>_fmnist.yaml --seed_everything SEED
+--trainer.max_epochs -1 --trainer.enable_progress_bar false``, run in this process through
+``LightningGenCLI`` (in a temporary working folder, so ``runs/`` lands there) with one extra callback
+that stops training at the first batch end after the budget. Its clock starts before the CLI parses the
+config, so the budget pays for everything the config does: parsing, data loading, the sanity check,
+every validation epoch with its evaluation callback (FID etc. on 3000 samples), pictures, checkpoints.
+(Python's imports happen once, before any clock, for every contender.)
+The budget replaces the config's epoch count (max_epochs -1); the validation Lightning runs after the
+stop changes no weight and is not counted (``wall_seconds`` in the results includes it).
+``--quick`` also passes ``--trainer.limit_val_batches 0`` (no validation, so no evaluation callback).
+
+plain PyTorch, two standard settings per family; the nets are defined below in a few lines each, the data
+is the configs' split (``FashionMNISTDataModule``, 54k training images, no workers); the clock starts
+before the data is loaded and the nets are built:
+- gan: DCGAN (Radford et al. 2016) sized for 28x28: G z(100) -> linear 128x7x7 -> BN, ReLU -> 4x4
+  stride-2 transposed conv 64 -> BN, ReLU -> transposed conv 1 -> tanh; D 4x4 stride-2 conv 64 ->
+  LeakyReLU(0.2) -> conv 128 -> BN, LeakyReLU -> linear logit; weights N(0, 0.02); non-saturating BCE;
+  Adam 2e-4, betas (0.5, 0.999). A: batch 64; B: batch 128. Samples from G in eval mode (BN running stats).
+- vae: a Bernoulli decoder (BCE with logits against the [0, 1] pixels, summed per image) plus the
+  closed-form KL, one reparameterised sample, Adam 1e-3, batch 128, 20 latents. A: the PyTorch example's
+  MLP 784-400-20; B: a small conv net (4x4 stride-2 convs 32, 64 channels, then linear; the decoder
+  mirrors it). Samples: z ~ N(0, I) through the decoder, its Bernoulli probabilities as the image.
+- ae: the vae's nets and loss without the KL (a deterministic 20-d code). Sampled like the package's AE:
+  decode draws from a full-covariance Gaussian fitted to training codes (here the codes of the first
+  10,000 training images after training; the package's AE uses those of its last training epoch).
+- pixelcnn: the classic PixelCNN (van den Oord et al. 2016a): 7x7 mask-A conv, then ReLU + 3x3 mask-B
+  convs, then ReLU, 1x1 conv, ReLU, 1x1 conv to a 256-way softmax per pixel; cross-entropy, Adam 1e-3,
+  batch 64 (the config's). A: 32 wide, 5 mask-B layers; B: 64 wide, 7 mask-B layers.
+
+Evaluation, after the budget, the same for every contender and not counted in it: the final in-memory
+model (for lightning-gen what ``sample`` uses: the GAN's EMA generator, the AE's fitted code Gaussian),
+``lightning_gen.metrics.evaluate_model`` with FID, KID, precision and recall (k=3) in ``fmnist_clf``
+features, ``--num-samples`` samples (sample seed 0) vs as many test images (10,000: the whole test split);
+pixelcnn ``--pixelcnn-samples`` (default 500: the plain nets sample by 784 network passes, one per pixel,
+each over the window the pixel can see; setting B takes minutes for 500 samples on 2 cores). bits/dim on
+the first ``--nll-images`` test images where the model has a discrete likelihood of 8-bit pixels:
+lightning-gen's VAE (IWAE bound, the config's 128 importance samples) and every PixelCNN (exact); the
+Bernoulli baselines model [0, 1] intensities, not 8-bit levels, and the GAN and AE have none ("n/a").
+Also: images trained, and images trained per second of budget.
+FID depends on the number of samples, so compare numbers only within one family and budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import lightning
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import lightning_gen
+from lightning_gen.cli import LightningGenCLI
+from lightning_gen.data import FashionMNISTDataModule
+from lightning_gen.metrics import EvaluationSettings, evaluate_model
+from budget import StopAfter, batches_until, cpu_name, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_RESULTS = REPO / "benchmarks" / "quality_at_budget.jsonl"
+FAMILIES = ("ae", "vae", "gan", "pixelcnn")
+SEEDS_BY_FAMILY = {"gan": 3, "vae": 3, "ae": 1, "pixelcnn": 1}  # without --seeds: the full set of issue 14
+FEATURES = "fmnist_clf"
+SHAPE = (1, 28, 28)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what the configs' accelerator auto picks
+
+# --quick: 2 s budgets; a PixelCNN sampler's cost is 784 network passes whatever the batch, so few samples
+QUICK_MINUTES, QUICK_SAMPLES, QUICK_PIXELCNN_SAMPLES, QUICK_NLL_IMAGES = 2 / 60, 50, 8, 10
+
+
+@dataclass
+class Trained:
+    """One contender after its budget."""
+
+    model: nn.Module  # offers sample(n, generator) -> [n, 1, 28, 28] in [0, 1]; log_likelihood(x) where defined
+    images: int  # training images seen
+    train_seconds: float  # launch -> the end of the last training batch (the budget plus at most one batch)
+    wall_seconds: float  # launch -> ready to sample (adds lightning-gen's final validation, the AE's code fit)
+
+
+@dataclass(frozen=True)
+class Contender:
+    contender: str  # "lightning-gen" or "plain"
+    setting: str  # the config, or the plain setting "A" / "B"
+    description: str
+    train: Callable[[float, int], Trained]  # (budget seconds, seed) -> the trained model
+
+    @property
+    def key(self) -> str:
+        return self.contender if self.contender == "lightning-gen" else f"plain-{self.setting}"
+
+
+# --- lightning-gen: the default config through the CLI --------------------------------------------
+def train_default(family: str, seconds: float, seed: int, quick: bool = False) -> Trained:
+    started = time.perf_counter()
+    clock = StopAfter(seconds, started=started)
+    args = ["fit", "--config", str(REPO / "configs" / f"{family}_fmnist.yaml"), f"--seed_everything={seed}",
+            "--trainer.max_epochs=-1", "--trainer.enable_progress_bar=false",
+            *(["--trainer.limit_val_batches=0"] if quick else [])]
+    # the CLI's run summary goes to stderr: stdout is this benchmark's table
+    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder), contextlib.redirect_stdout(sys.stderr), \
+            warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours, not the CLI's
+        cli = LightningGenCLI(args=args, trainer_defaults={"callbacks": [clock]})
+    return Trained(cli.model, clock.images, clock.seconds, time.perf_counter() - started)
+
+
+# --- plain PyTorch: data and the training loops ------------------------------------------------------
+def fashion_mnist(batch_size: int) -> FashionMNISTDataModule:
+    data = FashionMNISTDataModule(batch_size=batch_size)  # the configs' 54k/6k split of the training set
+    data.setup("fit")
+    return data
+
+
+# GAN
+LATENT_GAN = 100
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.: conv and linear weights from N(0, 0.02), batch-norm scales from N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def dcgan_generator() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(LATENT_GAN, 128 * 7 * 7), nn.BatchNorm1d(128 * 7 * 7), nn.ReLU(),
+        nn.Unflatten(1, (128, 7, 7)),
+        nn.ConvTranspose2d(128, 64, 4, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),  # (N, 64, 14, 14)
+        nn.ConvTranspose2d(64, 1, 4, stride=2, padding=1), nn.Tanh(),  # (N, 1, 28, 28) in [-1, 1]
+    )
+
+
+def dcgan_discriminator() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 64, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (N, 64, 14, 14)
+        nn.Conv2d(64, 128, 4, stride=2, padding=1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),  # (N, 128, 7, 7)
+        nn.Flatten(), nn.Linear(128 * 7 * 7, 1), nn.Flatten(0),  # (N,) logits
+    )
+
+
+class GeneratorSamples(nn.Module):
+    data_shape = SHAPE
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, LATENT_GAN, generator=generator, device=DEVICE)
+        return (self.generator(z) + 1) / 2
+
+
+def train_plain_gan(batch_size: int, seconds: float, seed: int) -> Trained:
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    data = fashion_mnist(batch_size)
+    g, d = dcgan_generator().to(DEVICE), dcgan_discriminator().to(DEVICE)
+    g.apply(dcgan_init)
+    d.apply(dcgan_init)
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    images = 0
+    for x, _ in batches_until(started + seconds, data.train_dataloader):
+        real = x.to(DEVICE) * 2 - 1  # the generator's tanh range
+        ones, zeros = torch.ones(len(real), device=DEVICE), torch.zeros(len(real), device=DEVICE)
+        fake = g(torch.randn(len(real), LATENT_GAN, device=DEVICE))
+        loss_d = F.binary_cross_entropy_with_logits(d(real), ones) + \
+            F.binary_cross_entropy_with_logits(d(fake.detach()), zeros)
+        opt_d.zero_grad()
+        loss_d.backward()
+        opt_d.step()
+        loss_g = F.binary_cross_entropy_with_logits(d(fake), ones)  # non-saturating
+        opt_g.zero_grad()
+        loss_g.backward()
+        opt_g.step()
+        images += len(real)
+    seconds_used = time.perf_counter() - started
+    return Trained(GeneratorSamples(g), images, seconds_used, seconds_used)
+
+
+# AE and VAE
+LATENT_AE = 20
+
+
+def mlp_nets(code_size: int) -> tuple[nn.Module, nn.Module]:
+    """The PyTorch example's VAE nets: 784-400-code, and 20-400-784 logits."""
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, code_size))
+    decoder = nn.Sequential(nn.Linear(LATENT_AE, 400), nn.ReLU(), nn.Linear(400, 784), nn.Unflatten(1, SHAPE))
+    return encoder, decoder
+
+
+def conv_nets(code_size: int) -> tuple[nn.Module, nn.Module]:
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 32, 4, stride=2, padding=1), nn.ReLU(),  # (N, 32, 14, 14)
+        nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (N, 64, 7, 7)
+        nn.Flatten(), nn.Linear(64 * 7 * 7, code_size),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(LATENT_AE, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+        nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # (N, 32, 14, 14)
+        nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),  # (N, 1, 28, 28) logits
+    )
+    return encoder, decoder
+
+
+class BernoulliAutoencoder(nn.Module):
+    """decoder(z) are the logits of p(x|z), one Bernoulli per pixel, fitted to the [0, 1] intensities.
+
+    ``variational``: the encoder gives q(z|x) = N(mean, diag(exp(logvar))) and the prior is N(0, I) (a
+    VAE); otherwise the code is deterministic (an AE), sampled from a Gaussian fitted to training codes.
+    """
+
+    data_shape = SHAPE
+
+    def __init__(self, nets: Callable[[int], tuple[nn.Module, nn.Module]], variational: bool):
+        super().__init__()
+        self.variational = variational
+        self.encoder, self.decoder = nets(2 * LATENT_AE if variational else LATENT_AE)
+        self.register_buffer("code_mean", torch.zeros(LATENT_AE))
+        self.register_buffer("code_scale_tril", torch.eye(LATENT_AE))
+
+    def loss(self, x: Tensor) -> Tensor:
+        """-ELBO (VAE) or the reconstruction cross-entropy (AE), nats per image, mean over the batch."""
+        if self.variational:
+            mean, logvar = self.encoder(x).chunk(2, dim=1)  # (N, 20) each
+            z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1)  # KL(q(z|x) || N(0, I)), (N,)
+        else:
+            z, kl = self.encoder(x), 0.0
+        reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum((1, 2, 3))
+        return (reconstruction + kl).mean()
+
+    @torch.no_grad()
+    def fit_code_gaussian(self, images: Tensor) -> None:
+        codes = torch.cat([self.encoder(chunk) for chunk in images.split(1000)]).double()  # (M, 20)
+        covariance = torch.cov(codes.T, correction=0) + 1e-6 * torch.eye(LATENT_AE, dtype=torch.float64,
+                                                                         device=codes.device)
+        self.code_mean.copy_(codes.mean(0).float())
+        self.code_scale_tril.copy_(torch.linalg.cholesky(covariance).float())
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(n, LATENT_AE, generator=generator, device=DEVICE)
+        z = eps if self.variational else self.code_mean + eps @ self.code_scale_tril.T
+        return torch.sigmoid(self.decoder(z))
+
+
+def train_plain_autoencoder(nets: Callable[[int], tuple[nn.Module, nn.Module]], variational: bool, seconds: float,
+                            seed: int) -> Trained:
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    data = fashion_mnist(128)
+    model = BernoulliAutoencoder(nets, variational).to(DEVICE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    images, train_seconds = train_plain(seconds, data.train_dataloader, lambda x: model.loss(x.to(DEVICE)),
+                                        optimizer, started=started)
+    if not variational:
+        first = torch.stack([data.train_set[i][0] for i in range(min(10_000, len(data.train_set)))])
+        model.eval().fit_code_gaussian(first.to(DEVICE))
+    return Trained(model, images, train_seconds, time.perf_counter() - started)
+
+
+# PixelCNN
+class MaskedConv2d(nn.Conv2d):
+    """A convolution that sees only the pixels above and left of the centre; mask "B" also the centre."""
+
+    def __init__(self, mask: str, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        centre = kernel_size // 2
+        allowed = torch.ones_like(self.weight)
+        allowed[:, :, centre, centre + (mask == "B"):] = 0
+        allowed[:, :, centre + 1:] = 0
+        self.register_buffer("allowed", allowed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.allowed, self.bias, padding=self.padding)
+
+
+class ClassicPixelCNN(nn.Module):
+    """images [N, 1, 28, 28] in [0, 1] -> logits [N, 256, 28, 28] of each pixel's 8-bit level."""
+
+    data_shape = SHAPE
+
+    def __init__(self, width: int, b_layers: int):
+        super().__init__()
+        layers = [MaskedConv2d("A", 1, width, 7)]
+        for _ in range(b_layers):
+            layers += [nn.ReLU(), MaskedConv2d("B", width, width, 3)]
+        layers += [nn.ReLU(), nn.Conv2d(width, width, 1), nn.ReLU(), nn.Conv2d(width, 256, 1)]
+        self.net = nn.Sequential(*layers)
+        # the receptive field reaches this many rows up and columns to either side: 3 from the 7x7 conv,
+        # 1 per 3x3 conv
+        self.reach = 3 + b_layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return images
+
+    def log_likelihood(self, x: Tensor) -> Tensor:
+        """Exact log p(x), ``[N]`` nats per image."""
+        levels = torch.round(x[:, 0] * 255).long()  # (N, 28, 28)
+        return -F.cross_entropy(self(x), levels, reduction="none").sum((1, 2))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        x = torch.zeros(n, *SHAPE, device=DEVICE)
+        for i in range(SHAPE[1]):
+            for j in range(SHAPE[2]):
+                # one pass over the window pixel (i, j) sees gives its exact logits, at a fraction of the cost
+                top, left = max(0, i - self.reach), max(0, j - self.reach)
+                window = x[:, :, top: i + 1, left: j + self.reach + 1]
+                logits = self(window)[:, :, -1, j - left]  # (n, 256)
+                level = torch.multinomial(logits.softmax(1), 1, generator=generator)  # (n, 1)
+                x[:, 0, i, j] = level[:, 0] / 255
+        return x
+
+
+def train_plain_pixelcnn(width: int, b_layers: int, seconds: float, seed: int) -> Trained:
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    data = fashion_mnist(64)
+    model = ClassicPixelCNN(width, b_layers).to(DEVICE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def loss_of(x: Tensor) -> Tensor:  # nats per pixel
+        x = x.to(DEVICE)
+        return F.cross_entropy(model(x), torch.round(x[:, 0] * 255).long())
+
+    images, train_seconds = train_plain(seconds, data.train_dataloader, loss_of, optimizer, started=started)
+    return Trained(model, images, train_seconds, time.perf_counter() - started)
+
+
+def contenders(family: str, quick: bool) -> list[Contender]:
+    """lightning-gen's default config, then the two plain settings."""
+    plain = {
+        "gan": [("A", "DCGAN, batch 64", functools.partial(train_plain_gan, 64)),
+                ("B", "DCGAN, batch 128", functools.partial(train_plain_gan, 128))],
+        "vae": [("A", "MLP 784-400-20, Bernoulli decoder", functools.partial(train_plain_autoencoder, mlp_nets, True)),
+                ("B", "conv 32-64, 20 latents, Bernoulli decoder",
+                 functools.partial(train_plain_autoencoder, conv_nets, True))],
+        "ae": [("A", "MLP 784-400-20, BCE", functools.partial(train_plain_autoencoder, mlp_nets, False)),
+               ("B", "conv 32-64, 20-d code, BCE", functools.partial(train_plain_autoencoder, conv_nets, False))],
+        "pixelcnn": [("A", "classic, 32 wide, 5 mask-B layers", functools.partial(train_plain_pixelcnn, 32, 5)),
+                     ("B", "classic, 64 wide, 7 mask-B layers", functools.partial(train_plain_pixelcnn, 64, 7))],
+    }[family]
+    default = Contender("lightning-gen", f"configs/{family}_fmnist.yaml", "the default config through the CLI",
+                        functools.partial(train_default, family, quick=quick))
+    return [default, *(Contender("plain", setting, description, train) for setting, description, train in plain)]
+
+
+# --- evaluation, after the budget ---------------------------------------------------------------
+def evaluate(model: nn.Module, num_samples: int, nll_images: int) -> dict[str, float]:
+    """FID, KID, precision, recall (``fmnist_clf``: ``num_samples`` samples vs as many test images) and,
+    where the model has ``log_likelihood``, ``nll_bpd`` (bits/dim, the first ``nll_images`` test images)."""
+    model.to(DEVICE)
+    data = FashionMNISTDataModule()
+    settings = EvaluationSettings(metrics=["fid", "kid", "precision_recall"], num_samples=num_samples, split="test",
+                                  max_real=num_samples, features=FEATURES, progress=False)
+    values = {r.name.removesuffix(f"_{FEATURES}"): r.value for r in evaluate_model(model, data, settings, DEVICE)}
+    if callable(getattr(model, "log_likelihood", None)):
+        nll = EvaluationSettings(metrics=["nll_bpd"], split="test", max_real=nll_images, progress=False)
+        values.update({r.name: r.value for r in evaluate_model(model, data, nll, DEVICE)})
+    return values
+
+
+def machine() -> dict:
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(0) if DEVICE.type == "cuda" else "cpu"}
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15-minute load averages: other processes on the machine distort a wall-clock budget."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_one(family: str, contender: Contender, seed: int, args) -> dict:
+    """Train ``contender`` for the budget, evaluate it, and return its result record."""
+    load_before = load_average()
+    trained = contender.train(args.minutes * 60, seed)
+    evaluation_started = time.perf_counter()
+    num_samples = args.pixelcnn_samples if family == "pixelcnn" else args.num_samples
+    metrics = evaluate(trained.model, num_samples, args.nll_images)
+    record = {
+        "family": family, "contender": contender.contender, "setting": contender.setting,
+        "description": contender.description, "seed": seed, "minutes": args.minutes,
+        "budget_seconds": args.minutes * 60, "train_seconds": round(trained.train_seconds, 2),
+        "wall_seconds": round(trained.wall_seconds, 2), "images_trained": trained.images,
+        "images_per_budget_second": round(trained.images / (args.minutes * 60), 1), "metrics": metrics,
+        "evaluation": {"features": FEATURES, "num_samples": num_samples, "num_real": num_samples, "split": "test",
+                       "nll_images": args.nll_images if "nll_bpd" in metrics else None, "sample_seed": 0,
+                       "seconds": round(time.perf_counter() - evaluation_started, 1)},
+        "machine": machine(), "load_average": {"before": load_before, "after": load_average()},
+        "torch": torch.__version__, "lightning": lightning.__version__, "lightning_gen": lightning_gen.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": args.quick,
+    }
+    print(f"{family} seed {seed} {contender.key}: {trained.images:,} images, {trained.train_seconds:.1f} s to the "
+          f"stop, {trained.wall_seconds:.1f} s wall; evaluation {record['evaluation']['seconds']:.0f} s, "
+          f"FID {metrics['fid']:.1f}", file=sys.stderr, flush=True)
+    return record
+
+
+# --- the table ----------------------------------------------------------------------------------
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def latest_per_seed(records: list[dict]) -> dict[tuple[str, str], dict[int, dict]]:
+    """(contender, setting) -> seed -> the latest record (later lines of the file win)."""
+    groups: dict[tuple[str, str], dict[int, dict]] = {}
+    for record in records:
+        groups.setdefault((record["contender"], record["setting"]), {})[record["seed"]] = record
+    return groups
+
+
+def summarize(runs: dict[int, dict]) -> dict:
+    """Per-seed FID, the median and the worst seed (highest FID), medians of the other numbers."""
+    seeds = sorted(runs)
+
+    def median(name: str) -> float | None:
+        values = [runs[s]["metrics"][name] for s in seeds if name in runs[s]["metrics"]]
+        return statistics.median(values) if values else None
+
+    worst = max(seeds, key=lambda s: runs[s]["metrics"]["fid"])
+    return {
+        "seeds": seeds, "fid_per_seed": {s: runs[s]["metrics"]["fid"] for s in seeds}, "median_fid": median("fid"),
+        "worst_fid": runs[worst]["metrics"]["fid"], "worst_seed": worst,
+        **{f"median_{name}": median(name) for name in ("kid", "precision", "recall", "nll_bpd")},
+        "median_images": statistics.median(runs[s]["images_trained"] for s in seeds),
+        "median_images_per_second": statistics.median(runs[s]["images_per_budget_second"] for s in seeds),
+        "description": runs[seeds[-1]]["description"],
+    }
+
+
+def better_baseline(summaries: dict[tuple[str, str], dict]) -> tuple[str, str] | None:
+    """The plain setting with the lowest median FID: the baseline the default is held against."""
+    plain = [key for key in summaries if key[0] == "plain"]
+    return min(plain, key=lambda key: summaries[key]["median_fid"]) if plain else None
+
+
+def budget_text(minutes: float) -> str:
+    return f"{minutes:g} min" if minutes >= 1 else f"{minutes * 60:.3g} s"
+
+
+def fmt(value: float | None, digits: str | None = None) -> str:
+    """``digits`` as given, else one decimal from 10 up and 4 significant digits below; None is "n/a"."""
+    if value is None:
+        return "n/a"
+    return format(value, digits or (".1f" if abs(value) >= 10 else ".4g"))
+
+
+def family_table(records: list[dict], family: str, minutes: float, quick: bool, results: Path) -> list[str]:
+    """The table of ``family``'s results at this budget: one per evaluation protocol (number of samples),
+    since FID depends on it."""
+    runs = [r for r in records if r["family"] == family and math.isclose(r["minutes"], minutes)
+            and r.get("quick", False) == quick]
+    title = f"### {family}, {budget_text(minutes)} per run"
+    if not runs:
+        return [title, "", f"no results in {results} yet", ""]
+    lines = []
+    for num_samples in sorted({r["evaluation"]["num_samples"] for r in runs}, reverse=True):
+        same_protocol = [r for r in runs if r["evaluation"]["num_samples"] == num_samples]
+        lines += [f"{title}; {FEATURES} features of {num_samples} samples vs {num_samples} test images", "",
+                  *protocol_table(same_protocol, results)]
+    return lines
+
+
+def protocol_table(runs: list[dict], results: Path) -> list[str]:
+    """One row per contender and setting (lightning-gen first), then default / baseline median FID."""
+    groups = sorted(latest_per_seed(runs).items(), key=lambda item: (item[0][0] != "lightning-gen", item[0][1]))
+    summaries = {key: summarize(seeds) for key, seeds in groups}
+    machines = sorted({f"{r['machine']['cpu']}, {r['machine']['threads']} threads, {r['machine']['device']}"
+                       for r in runs})
+    lines = [f"{len(runs)} runs in {results} (the latest of each seed counts); "
+             f"machine{'s (numbers mix machines!)' if len(machines) > 1 else ''}: {'; '.join(machines)}", "",
+             "| contender | setting | seeds | FID per seed | median FID | worst FID (seed) | KID | precision | recall "
+             "| bits/dim | images trained | images/s of budget |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for (contender, setting), s in summaries.items():
+        per_seed = ", ".join(f"{seed}: {fid:.1f}" for seed, fid in s["fid_per_seed"].items())
+        label = setting if contender == "lightning-gen" else f"{setting}: {s['description']}"
+        lines.append(
+            f"| {contender} | {label} | {len(s['seeds'])} | {per_seed} | {s['median_fid']:.1f} "
+            f"| {s['worst_fid']:.1f} ({s['worst_seed']}) | {fmt(s['median_kid'])} "
+            f"| {fmt(s['median_precision'], '.3f')} | {fmt(s['median_recall'], '.3f')} "
+            f"| {fmt(s['median_nll_bpd'], '.4f')} | {s['median_images']:,.0f} | {s['median_images_per_second']:,.0f} |")
+    lines.append("")
+    baseline = better_baseline(summaries)
+    default = next((key for key in summaries if key[0] == "lightning-gen"), None)
+    if baseline and default:
+        ratio = summaries[default]["median_fid"] / summaries[baseline]["median_fid"]
+        lines.append(f"the baseline: plain {baseline[1]} ({summaries[baseline]['description']}), the lower median FID "
+                     f"of the plain settings; default / baseline median FID = {ratio:.3f} "
+                     f"({'below 1: the default is better' if ratio < 1 else 'at or above 1: the baseline is better'})")
+    else:
+        lines.append("no ratio: the default config and a plain baseline both need results at this budget")
+    return [*lines, ""]
+
+
+# --- command line -------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=[*FAMILIES, "all"], default="all")
+    parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of every run")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: 3 for gan and vae, 1 for ae and pixelcnn)")
+    parser.add_argument("--seed-list", type=int, nargs="+", help="these seeds instead of --seeds")
+    parser.add_argument("--contenders", nargs="+", choices=["lightning-gen", "plain-A", "plain-B"],
+                        default=["lightning-gen", "plain-A", "plain-B"], help="a subset of the contenders")
+    parser.add_argument("--num-samples", type=int, default=10_000, help="FID etc.: samples and test images")
+    parser.add_argument("--pixelcnn-samples", type=int, default=500, help="the same for pixelcnn")
+    parser.add_argument("--nll-images", type=int, default=10_000, help="test images for bits/dim")
+    parser.add_argument("--results", type=Path, help="JSONL to append to (default "
+                        f"{DEFAULT_RESULTS.relative_to(REPO)}; with --quick a temporary file)")
+    parser.add_argument("--report", action="store_true", help="train nothing: print the table of stored results")
+    parser.add_argument("--quick", action="store_true", help="2 s per run, 50 samples (pixelcnn 8): a crash check")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.minutes, args.num_samples, args.pixelcnn_samples, args.nll_images = (
+            QUICK_MINUTES, QUICK_SAMPLES, QUICK_PIXELCNN_SAMPLES, QUICK_NLL_IMAGES)
+        if args.seeds is None and args.seed_list is None:
+            args.seeds = 1
+    return args
+
+
+def seeds_of(family: str, args: argparse.Namespace) -> list[int]:
+    return args.seed_list or list(range(args.seeds if args.seeds is not None else SEEDS_BY_FAMILY[family]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    families = FAMILIES if args.family == "all" else (args.family,)
+    with tempfile.TemporaryDirectory() as scratch:
+        results = args.results or (Path(scratch) / "quality_at_budget.jsonl" if args.quick else DEFAULT_RESULTS)
+        if not args.report:
+            threads = torch.get_num_threads()
+            for family in families:
+                for seed in seeds_of(family, args):
+                    for contender in contenders(family, args.quick):
+                        if contender.key not in args.contenders:
+                            continue
+                        record = run_one(family, contender, seed, args)
+                        if torch.get_num_threads() != threads:
+                            print(f"warning: torch threads changed from {threads} to {torch.get_num_threads()}",
+                                  file=sys.stderr)
+                        results.parent.mkdir(parents=True, exist_ok=True)
+                        with open(results, "a") as out:
+                            out.write(json.dumps(record) + "\n")
+        print_tables(read_results(results), families, args, results)
+
+
+def print_tables(records: list[dict], families, args: argparse.Namespace, results: Path) -> None:
+    print(f"Sample quality at a fixed wall-clock budget, Fashion-MNIST: lightning-gen default configs (CLI) vs plain "
+          f"PyTorch{' (quick: not meaningful)' * args.quick}")
+    print(f"this machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads (torch's default, the same for every contender), device {DEVICE.type}")
+    print("after the budget: FID, KID, precision, recall; bits/dim on the test split where defined; KID etc.: the "
+          "median over seeds; worst: the seed with the highest FID\n")
+    for family in families:
+        print("\n".join(family_table(records, family, args.minutes, args.quick, results)))
+
+
+if __name__ == "__main__":
+    main()
