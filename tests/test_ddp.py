@@ -21,9 +21,12 @@ SMALL = {"pixelcnn_fmnist": ["--model.init_args.hidden", "12", "--model.init_arg
 
 
 def _small_config(name: str, folder: Path) -> Path:
-    """The shipped config with the evaluation callback's sample count cut to 200 (budget only)."""
+    """The shipped config with the evaluation callback's sample count cut to 200 (budget only) and every
+    callback due after the one epoch these tests train."""
     config = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
     for callback in config["trainer"].get("callbacks") or []:
+        if "every_n_epochs" in callback.get("init_args", {}):
+            callback["init_args"]["every_n_epochs"] = 1
         if callback["class_path"].endswith("EvaluationCallback"):
             callback["init_args"]["num_samples"] = 200
     path = folder / f"{name}.yaml"
