@@ -11,7 +11,7 @@ help:
 	@echo "make install  - create $(VENV), install $(TORCH_PAIR), lightning-gen[dev], Fashion-MNIST (apt)"
 	@echo "make test     - run the test suite (no network, no GPU)"
 	@echo "make run      - train the default VAE on Fashion-MNIST (CONFIG=$(CONFIG)), then test it"
-	@echo "make bench    - every benchmark, one after another (~1.5 h on 2 cores; BENCH_ARGS='--minutes 2': ~40 min) -> benchmarks/README.md"
+	@echo "make bench    - every benchmark, one after another (~6 h on 2 cores, quality_at_budget ~4 h of it; BENCH_ARGS='--minutes 2': ~2 h) -> benchmarks/README.md"
 	@echo "make compare  - train small AE, VAE, GAN and PixelCNN runs, then write $(COMPARE_DIR)/report/report.html"
 
 install:
