@@ -106,21 +106,27 @@ def _hand_written_dcgan(generator, discriminator, loader, latent_dim: int, seed:
         opt_g.step()
 
 
+def _module_and_loop(module_reuses: bool, loop_reuses: bool) -> tuple[GAN, torch.nn.Module, torch.nn.Module]:
+    """The GAN module and the hand-written loop from the same initial weights over the same 6 batches
+    (in order) and latents: (the trained module, the loop's generator, the loop's discriminator)."""
+    pl.seed_everything(0)
+    model = GAN(data_shape=(1, 28, 28), latent_dim=8, width=8, objective="non_saturating", ema_decay=0.0,
+                reuse_fakes=module_reuses)
+    generator, discriminator = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
+    images = torch.rand(6 * 16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    loader = DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=16)
+    pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False).fit(model, loader)
+    # the module draws latents from its training generator, seeded by the global seed on rank 0
+    _hand_written_dcgan(generator, discriminator, loader, 8, seed=torch.initial_seed(), reuse_fakes=loop_reuses)
+    return model, generator, discriminator
+
+
 @pytest.mark.parametrize("reuse_fakes", [True, False])
 def test_the_gan_trains_exactly_like_a_hand_written_dcgan_loop_on_the_same_batches(reuse_fakes):
     """Same initial weights, batches and latents -> the same weights and batch-norm statistics after 6
     steps, up to float rounding: the Lightning module adds no hidden difference to the computation."""
-    pl.seed_everything(0)
-    model = GAN(data_shape=(1, 28, 28), latent_dim=8, width=8, objective="non_saturating", ema_decay=0.0,
-                reuse_fakes=reuse_fakes)
-    generator, discriminator = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
-    images = torch.rand(6 * 16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    loader = DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=16)  # in order
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(model, loader)
-    # the module draws latents from its training generator, seeded by the global seed on rank 0
-    _hand_written_dcgan(generator, discriminator, loader, 8, seed=torch.initial_seed(), reuse_fakes=reuse_fakes)
+    model, generator, discriminator = _module_and_loop(reuse_fakes, reuse_fakes)
     for ours, theirs in ((model.generator, generator), (model.discriminator, discriminator)):
         for (name, expected), actual in zip(theirs.state_dict().items(), ours.state_dict().values()):
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=name)
@@ -128,15 +134,7 @@ def test_the_gan_trains_exactly_like_a_hand_written_dcgan_loop_on_the_same_batch
 
 def test_the_check_tells_the_two_loops_apart():
     """The control: fresh latents for G's step is a different computation, and the comparison sees it."""
-    pl.seed_everything(0)
-    model = GAN(data_shape=(1, 28, 28), latent_dim=8, width=8, objective="non_saturating", ema_decay=0.0,
-                reuse_fakes=True)
-    generator, discriminator = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
-    images = torch.rand(6 * 16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
-    loader = DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=16)
-    pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-               enable_model_summary=False).fit(model, loader)
-    _hand_written_dcgan(generator, discriminator, loader, 8, seed=torch.initial_seed(), reuse_fakes=False)
+    model, generator, _ = _module_and_loop(module_reuses=True, loop_reuses=False)
     difference = max((a - b).abs().max().item() for a, b in zip(model.generator.parameters(), generator.parameters()))
     assert difference > 1e-3
 
