@@ -56,7 +56,9 @@ each over the window the pixel can see; setting B takes minutes for 500 samples 
 the first ``--nll-images`` test images where the model has a discrete likelihood of 8-bit pixels:
 lightning-gen's VAE (IWAE bound, the config's 128 importance samples) and every PixelCNN (exact); the
 Bernoulli baselines model [0, 1] intensities, not 8-bit levels, and the GAN and AE have none ("n/a").
-Also: images trained, and images trained per second of budget.
+Also: images trained, images trained per second of budget, and for lightning-gen the share of the
+training clock spent outside training steps (start-up, fetching batches, validation, the evaluation
+callback, pictures, checkpoints), with the evaluation callback's own share in brackets.
 FID depends on the number of samples, so compare numbers only within one family and budget.
 """
 
@@ -110,6 +112,8 @@ class Trained:
     images: int  # training images seen
     train_seconds: float  # launch -> the end of the last training batch (the budget plus at most one batch)
     wall_seconds: float  # launch -> ready to sample (adds lightning-gen's final validation, the AE's code fit)
+    in_batches: float | None = None  # lightning-gen: seconds inside training steps, the rest being overhead
+    evaluation_seconds: float | None = None  # lightning-gen: its config's EvaluationCallback, inside the budget
 
 
 @dataclass(frozen=True)
@@ -137,7 +141,8 @@ def train_default(family: str, seconds: float, seed: int, quick: bool = False,
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours, not the CLI's
         cli = LightningGenCLI(args=args, trainer_defaults={"callbacks": [clock]})
-    return Trained(cli.model, clock.images, clock.seconds, time.perf_counter() - started)
+    evaluation = sum(callback.seconds_spent for callback in cli.trainer.callbacks if hasattr(callback, "seconds_spent"))
+    return Trained(cli.model, clock.images, clock.seconds, time.perf_counter() - started, clock.in_batches, evaluation)
 
 
 # --- plain PyTorch: data and the training loops ------------------------------------------------------
@@ -433,6 +438,8 @@ def run_one(family: str, contender: Contender, seed: int, args) -> dict:
         "budget_seconds": args.minutes * 60, "train_seconds": round(trained.train_seconds, 2),
         "wall_seconds": round(trained.wall_seconds, 2), "images_trained": trained.images,
         "images_per_budget_second": round(trained.images / (args.minutes * 60), 1), "metrics": metrics,
+        **({"seconds_in_training_steps": round(trained.in_batches, 2),
+            "evaluation_callback_seconds": round(trained.evaluation_seconds, 2)} if trained.in_batches else {}),
         "evaluation": {"features": FEATURES, "num_samples": num_samples, "num_real": num_samples, "split": "test",
                        "nll_images": args.nll_images if "nll_bpd" in metrics else None, "sample_seed": 0,
                        "seconds": round(time.perf_counter() - evaluation_started, 1)},
@@ -496,16 +503,29 @@ def summarize(runs: dict[int, dict]) -> dict:
         "seeds": seeds, "fid_per_seed": {s: runs[s]["metrics"]["fid"] for s in seeds}, "median_fid": median("fid"),
         "worst_fid": runs[worst]["metrics"]["fid"], "worst_seed": worst,
         **{f"median_{name}": median(name) for name in ("kid", "precision", "recall", "nll_bpd")},
+        "median_overhead": _median_share(runs, "seconds_in_training_steps", outside=True),
+        "median_evaluation": _median_share(runs, "evaluation_callback_seconds"),
         "median_images": statistics.median(runs[s]["images_trained"] for s in seeds),
         "median_images_per_second": statistics.median(runs[s]["images_per_budget_second"] for s in seeds),
         "description": runs[seeds[-1]]["description"],
     }
 
 
+def _median_share(runs: dict[int, dict], key: str, outside: bool = False) -> float | None:
+    """Median over seeds of ``key`` seconds as a share of the training clock (``outside``: of the rest)."""
+    shares = [(1 - r[key] / r["train_seconds"]) if outside else r[key] / r["train_seconds"]
+              for r in runs.values() if key in r]
+    return statistics.median(shares) if shares else None
+
+
 def better_baseline(summaries: dict[tuple[str, str], dict]) -> tuple[str, str] | None:
     """The plain setting with the lowest median FID: the baseline the default is held against."""
     plain = [key for key in summaries if key[0] == "plain"]
     return min(plain, key=lambda key: summaries[key]["median_fid"]) if plain else None
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f}%"
 
 
 def budget_text(minutes: float) -> str:
@@ -544,8 +564,8 @@ def protocol_table(runs: list[dict], results: Path) -> list[str]:
     lines = [f"{len(runs)} runs in {results} (the latest of each seed counts); "
              f"machine{'s (numbers mix machines!)' if len(machines) > 1 else ''}: {'; '.join(machines)}", "",
              "| contender | setting | seeds | FID per seed | median FID | worst FID (seed) | KID | precision | recall "
-             "| bits/dim | images trained | images/s of budget |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| bits/dim | images trained | images/s of budget | outside training steps (evaluation) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (contender, setting), s in summaries.items():
         per_seed = ", ".join(f"{seed}: {fid:.1f}" for seed, fid in s["fid_per_seed"].items())
         label = setting if contender == "lightning-gen" else f"{setting}: {s['description']}"
@@ -553,7 +573,8 @@ def protocol_table(runs: list[dict], results: Path) -> list[str]:
             f"| {contender} | {label} | {len(s['seeds'])} | {per_seed} | {s['median_fid']:.1f} "
             f"| {s['worst_fid']:.1f} ({s['worst_seed']}) | {fmt(s['median_kid'])} "
             f"| {fmt(s['median_precision'], '.3f')} | {fmt(s['median_recall'], '.3f')} "
-            f"| {fmt(s['median_nll_bpd'], '.4f')} | {s['median_images']:,.0f} | {s['median_images_per_second']:,.0f} |")
+            f"| {fmt(s['median_nll_bpd'], '.4f')} | {s['median_images']:,.0f} | {s['median_images_per_second']:,.0f} "
+            f"| {_percent(s['median_overhead'])} ({_percent(s['median_evaluation'])}) |")
     lines.append("")
     baseline = better_baseline(summaries)
     current = ("lightning-gen", f"configs/{runs[0]['family']}_fmnist.yaml")  # no override, the config as it is now

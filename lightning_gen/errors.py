@@ -32,6 +32,10 @@ class RunFolderError(LightningGenError):
     """A run folder or a file in it cannot be written: read-only, full disk, or a file where a folder goes."""
 
 
+class MissingExtraError(LightningGenError):
+    """An optional part of the package (an extra, e.g. ``[wandb]``) is needed but not installed."""
+
+
 class TrainingStopped(LightningGenError):
     """SIGTERM or Ctrl-C stopped ``fit`` at a batch boundary, after a checkpoint to resume from was saved."""
 
