@@ -4,6 +4,7 @@ temporary folder outside the repository, and run from there by config name."""
 from __future__ import annotations
 
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -25,8 +26,12 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
     through a .pth line, which puts them on the path without running their .pth files, so this
     checkout's editable install of lightning-gen stays invisible there."""
     root = tmp_path_factory.mktemp("packaging")
+    source = root / "source"  # a copy: building in the checkout would leave build/ there
+    shutil.copytree(REPO / "lightning_gen", source / "lightning_gen", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(root / "wheels"), str(REPO)], check=True, cwd=root)
+                    "--wheel-dir", str(root / "wheels"), str(source)], check=True, cwd=root)
     (wheel,) = (root / "wheels").glob("lightning_gen-*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root / "venv")], check=True)
     python = root / "venv" / "bin" / "python"
