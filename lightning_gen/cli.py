@@ -39,7 +39,7 @@ from lightning_gen.checkpoints import (
     read_checkpoint,
 )
 from lightning_gen.data.base import SplitDataModule
-from lightning_gen.errors import CheckpointError, LightningGenError, MissingExtraError, RunFolderError, TrainingStopped
+from lightning_gen.errors import CheckpointError, LightningGenError, RunFolderError, TrainingStopped, missing_extra
 from lightning_gen.models.base import GenerativeModule
 from lightning_gen.packaged_configs import resolve_config_options
 from lightning_gen.runs import check_writable, checkpoint_space_needed, newest_last_checkpoint, run_folder
@@ -413,8 +413,6 @@ def args_from_checkpoint(args: list[str]) -> list[str]:
 # commands that work on finished runs, not on one model: no LightningCLI, their own argument parsers
 RUN_COMMANDS = {"compare": "lightning_gen.report.compare", "dashboard": "lightning_gen.report.dashboard",
                 "configs": "lightning_gen.packaged_configs"}
-# optional parts of the package (pyproject.toml's extras): module -> the extra that installs it
-EXTRAS = {"wandb": "wandb", "wandb_workspaces": "wandb"}
 
 
 DEBUG_VARIABLE = "LIGHTNING_GEN_DEBUG"
@@ -477,16 +475,3 @@ def fixable_error(error: BaseException) -> LightningGenError | None:
 
 if __name__ == "__main__":
     main()
-
-
-def missing_extra(error: BaseException) -> LightningGenError | None:
-    """An import of an optional part that is not installed, as a message naming the extra to install."""
-    if not isinstance(error, ImportError):
-        return None
-    module = (error.name or "").split(".")[0]
-    if module not in EXTRAS and "wandb" in str(error):  # Lightning's WandbLogger words it as a requirement
-        module = "wandb"
-    if module not in EXTRAS:
-        return None
-    return MissingExtraError(f"this needs the optional package {module!r}, which is not installed. Install "
-                             f"lightning-gen's [{EXTRAS[module]}] extra: pip install 'lightning-gen[{EXTRAS[module]}]'")

@@ -18,10 +18,11 @@ from lightning_gen.losses import build_likelihood, gaussian_kl_to_standard, log_
 from lightning_gen.losses.gaussian import log_standard_normal
 from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
 from lightning_gen.models.latent_mixture import LatentMixture
-from lightning_gen.nets import ConvDecoder, ConvEncoder
+from lightning_gen.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lightning_gen.nets.conv import check_image_shape
 
 SAMPLE_LATENTS = ("prior", "posterior_mixture")
+NETS = ("conv", "mlp")
 EVAL_SEED = 1234  # seeds the held-out binarisation and posterior noise so val/test numbers repeat
 
 
@@ -44,15 +45,23 @@ class _Autoencoder(GenerativeModule):
         channels: int = 32,
         hidden: int = 256,
         optimizer: OptimizerCallable = torch.optim.Adam,
+        net: str = "conv",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
-        self.data_shape = check_image_shape(tuple(data_shape))
+        if net not in NETS:
+            raise ConfigValueError(f"net must be one of {', '.join(NETS)}, got {net!r}")
+        self.data_shape = check_image_shape(tuple(data_shape), multiple_of=4 if net == "conv" else 1)
         check_range(at_least=1, latent_dim=latent_dim, channels=channels, hidden=hidden)
         self.latent_dim = latent_dim
         self.likelihood = build_likelihood(likelihood, binarization)
-        self.encoder = ConvEncoder(self.data_shape, self.encoder_outputs_per_latent * latent_dim, channels, hidden)
-        self.decoder = ConvDecoder(self.data_shape, latent_dim, self.likelihood.params_per_channel, channels, hidden)
+        codes, params = self.encoder_outputs_per_latent * latent_dim, self.likelihood.params_per_channel
+        if net == "conv":
+            self.encoder = ConvEncoder(self.data_shape, codes, channels, hidden)
+            self.decoder = ConvDecoder(self.data_shape, latent_dim, params, channels, hidden)
+        else:  # channels is unused
+            self.encoder = MLPEncoder(self.data_shape, codes, hidden)
+            self.decoder = MLPDecoder(self.data_shape, latent_dim, params, hidden)
         self.optimizer_factory = optimizer
 
     def configure_optimizers(self):
