@@ -20,15 +20,23 @@ class StopAfter(pl.Callback):
 
     def __init__(self, seconds: float, started: float | None = None):
         self.budget, self.images, self.seconds = seconds, 0, 0.0
+        self.in_batches = 0.0  # seconds inside training steps (batch start to batch end); the rest of
+        # ``seconds`` went to start-up, fetching batches, validation, evaluation, pictures and checkpoints
         self._start, self._fixed_start = (started if started is not None else 0.0), started is not None
+        self._batch_started = 0.0
 
     def on_train_start(self, trainer, pl_module):
         if not self._fixed_start:
             self._start = time.perf_counter()
 
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._batch_started = time.perf_counter()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.images += len(batch[0])
-        self.seconds = time.perf_counter() - self._start
+        now = time.perf_counter()
+        self.in_batches += now - self._batch_started
+        self.seconds = now - self._start
         if self.seconds >= self.budget:
             trainer.should_stop = True
 

@@ -56,7 +56,9 @@ each over the window the pixel can see; setting B takes minutes for 500 samples 
 the first ``--nll-images`` test images where the model has a discrete likelihood of 8-bit pixels:
 lightning-gen's VAE (IWAE bound, the config's 128 importance samples) and every PixelCNN (exact); the
 Bernoulli baselines model [0, 1] intensities, not 8-bit levels, and the GAN and AE have none ("n/a").
-Also: images trained, and images trained per second of budget.
+Also: images trained, images trained per second of budget, and for lightning-gen the share of the
+training clock spent outside training steps (start-up, fetching batches, validation, the evaluation
+callback, pictures, checkpoints), with the evaluation callback's own share in brackets.
 FID depends on the number of samples, so compare numbers only within one family and budget.
 """
 
@@ -65,6 +67,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
@@ -78,6 +81,7 @@ from pathlib import Path
 from typing import Callable
 
 import lightning
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -108,6 +112,8 @@ class Trained:
     images: int  # training images seen
     train_seconds: float  # launch -> the end of the last training batch (the budget plus at most one batch)
     wall_seconds: float  # launch -> ready to sample (adds lightning-gen's final validation, the AE's code fit)
+    in_batches: float | None = None  # lightning-gen: seconds inside training steps, the rest being overhead
+    evaluation_seconds: float | None = None  # lightning-gen: its config's EvaluationCallback, inside the budget
 
 
 @dataclass(frozen=True)
@@ -123,18 +129,20 @@ class Contender:
 
 
 # --- lightning-gen: the default config through the CLI --------------------------------------------
-def train_default(family: str, seconds: float, seed: int, quick: bool = False) -> Trained:
+def train_default(family: str, seconds: float, seed: int, quick: bool = False,
+                  overrides: tuple[str, ...] = ()) -> Trained:
     started = time.perf_counter()
     clock = StopAfter(seconds, started=started)
     args = ["fit", "--config", str(REPO / "configs" / f"{family}_fmnist.yaml"), f"--seed_everything={seed}",
             "--trainer.max_epochs=-1", "--trainer.enable_progress_bar=false",
-            *(["--trainer.limit_val_batches=0"] if quick else [])]
+            *(["--trainer.limit_val_batches=0"] if quick else []), *(f"--{option}" for option in overrides)]
     # the CLI's run summary goes to stderr: stdout is this benchmark's table
     with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder), contextlib.redirect_stdout(sys.stderr), \
             warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours, not the CLI's
         cli = LightningGenCLI(args=args, trainer_defaults={"callbacks": [clock]})
-    return Trained(cli.model, clock.images, clock.seconds, time.perf_counter() - started)
+    evaluation = sum(callback.seconds_spent for callback in cli.trainer.callbacks if hasattr(callback, "seconds_spent"))
+    return Trained(cli.model, clock.images, clock.seconds, time.perf_counter() - started, clock.in_batches, evaluation)
 
 
 # --- plain PyTorch: data and the training loops ------------------------------------------------------
@@ -369,8 +377,9 @@ def train_plain_pixelcnn(width: int, b_layers: int, seconds: float, seed: int) -
     return Trained(model, images, train_seconds, time.perf_counter() - started)
 
 
-def contenders(family: str, quick: bool) -> list[Contender]:
-    """lightning-gen's default config, then the two plain settings."""
+def contenders(family: str, quick: bool, overrides: tuple[str, ...] = ()) -> list[Contender]:
+    """lightning-gen's default config (with ``overrides``, command-line options without their leading
+    dashes, for an ablation), then the two plain settings."""
     plain = {
         "gan": [("A", "DCGAN, batch 64", functools.partial(train_plain_gan, 64)),
                 ("B", "DCGAN, batch 128", functools.partial(train_plain_gan, 128))],
@@ -382,8 +391,9 @@ def contenders(family: str, quick: bool) -> list[Contender]:
         "pixelcnn": [("A", "classic, 32 wide, 5 mask-B layers", functools.partial(train_plain_pixelcnn, 32, 5)),
                      ("B", "classic, 64 wide, 7 mask-B layers", functools.partial(train_plain_pixelcnn, 64, 7))],
     }[family]
-    default = Contender("lightning-gen", f"configs/{family}_fmnist.yaml", "the default config through the CLI",
-                        functools.partial(train_default, family, quick=quick))
+    setting = " ".join([f"configs/{family}_fmnist.yaml", *overrides])
+    default = Contender("lightning-gen", setting, "the default config through the CLI" + " with changes" * bool(overrides),
+                        functools.partial(train_default, family, quick=quick, overrides=tuple(overrides)))
     return [default, *(Contender("plain", setting, description, train) for setting, description, train in plain)]
 
 
@@ -419,12 +429,17 @@ def run_one(family: str, contender: Contender, seed: int, args) -> dict:
     evaluation_started = time.perf_counter()
     num_samples = args.pixelcnn_samples if family == "pixelcnn" else args.num_samples
     metrics = evaluate(trained.model, num_samples, args.nll_images)
+    if args.save_samples:
+        save_samples(trained.model, args.save_samples / f"{family}-{contender.key}-seed{seed}-{args.minutes:g}min.npz")
     record = {
         "family": family, "contender": contender.contender, "setting": contender.setting,
+        **({"config_digest": config_digest(family)} if contender.contender == "lightning-gen" else {}),
         "description": contender.description, "seed": seed, "minutes": args.minutes,
         "budget_seconds": args.minutes * 60, "train_seconds": round(trained.train_seconds, 2),
         "wall_seconds": round(trained.wall_seconds, 2), "images_trained": trained.images,
         "images_per_budget_second": round(trained.images / (args.minutes * 60), 1), "metrics": metrics,
+        **({"seconds_in_training_steps": round(trained.in_batches, 2),
+            "evaluation_callback_seconds": round(trained.evaluation_seconds, 2)} if trained.in_batches else {}),
         "evaluation": {"features": FEATURES, "num_samples": num_samples, "num_real": num_samples, "split": "test",
                        "nll_images": args.nll_images if "nll_bpd" in metrics else None, "sample_seed": 0,
                        "seconds": round(time.perf_counter() - evaluation_started, 1)},
@@ -438,6 +453,14 @@ def run_one(family: str, contender: Contender, seed: int, args) -> dict:
     return record
 
 
+def save_samples(model: nn.Module, path: Path, n: int = 16) -> None:
+    """``n`` samples (sample seed 0) as ``images``, uint8 NCHW, the layout ``sample`` writes."""
+    with torch.no_grad():
+        images = model.sample(n, torch.Generator(device=DEVICE).manual_seed(0)).clamp(0, 1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=torch.round(images * 255).to(torch.uint8).cpu().numpy())
+
+
 # --- the table ----------------------------------------------------------------------------------
 def read_results(path: Path) -> list[dict]:
     if not path.is_file():
@@ -445,11 +468,25 @@ def read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def config_digest(family: str) -> str:
+    """The first 8 hex digits of the SHA-256 of the family's config file as it is now."""
+    return hashlib.sha256((REPO / "configs" / f"{family}_fmnist.yaml").read_bytes()).hexdigest()[:8]
+
+
+def setting_label(record: dict) -> str:
+    """The setting, marked when a lightning-gen run trained an earlier version of the config file: the
+    same name then holds another recipe, and its results must not mix with the current one's."""
+    digest = record.get("config_digest")
+    if record["contender"] != "lightning-gen" or digest == config_digest(record["family"]):
+        return record["setting"]
+    return f"{record['setting']} [earlier config{' ' + digest if digest else ''}]"
+
+
 def latest_per_seed(records: list[dict]) -> dict[tuple[str, str], dict[int, dict]]:
     """(contender, setting) -> seed -> the latest record (later lines of the file win)."""
     groups: dict[tuple[str, str], dict[int, dict]] = {}
     for record in records:
-        groups.setdefault((record["contender"], record["setting"]), {})[record["seed"]] = record
+        groups.setdefault((record["contender"], setting_label(record)), {})[record["seed"]] = record
     return groups
 
 
@@ -466,16 +503,29 @@ def summarize(runs: dict[int, dict]) -> dict:
         "seeds": seeds, "fid_per_seed": {s: runs[s]["metrics"]["fid"] for s in seeds}, "median_fid": median("fid"),
         "worst_fid": runs[worst]["metrics"]["fid"], "worst_seed": worst,
         **{f"median_{name}": median(name) for name in ("kid", "precision", "recall", "nll_bpd")},
+        "median_overhead": _median_share(runs, "seconds_in_training_steps", outside=True),
+        "median_evaluation": _median_share(runs, "evaluation_callback_seconds"),
         "median_images": statistics.median(runs[s]["images_trained"] for s in seeds),
         "median_images_per_second": statistics.median(runs[s]["images_per_budget_second"] for s in seeds),
         "description": runs[seeds[-1]]["description"],
     }
 
 
+def _median_share(runs: dict[int, dict], key: str, outside: bool = False) -> float | None:
+    """Median over seeds of ``key`` seconds as a share of the training clock (``outside``: of the rest)."""
+    shares = [(1 - r[key] / r["train_seconds"]) if outside else r[key] / r["train_seconds"]
+              for r in runs.values() if key in r]
+    return statistics.median(shares) if shares else None
+
+
 def better_baseline(summaries: dict[tuple[str, str], dict]) -> tuple[str, str] | None:
     """The plain setting with the lowest median FID: the baseline the default is held against."""
     plain = [key for key in summaries if key[0] == "plain"]
     return min(plain, key=lambda key: summaries[key]["median_fid"]) if plain else None
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f}%"
 
 
 def budget_text(minutes: float) -> str:
@@ -514,8 +564,8 @@ def protocol_table(runs: list[dict], results: Path) -> list[str]:
     lines = [f"{len(runs)} runs in {results} (the latest of each seed counts); "
              f"machine{'s (numbers mix machines!)' if len(machines) > 1 else ''}: {'; '.join(machines)}", "",
              "| contender | setting | seeds | FID per seed | median FID | worst FID (seed) | KID | precision | recall "
-             "| bits/dim | images trained | images/s of budget |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| bits/dim | images trained | images/s of budget | outside training steps (evaluation) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for (contender, setting), s in summaries.items():
         per_seed = ", ".join(f"{seed}: {fid:.1f}" for seed, fid in s["fid_per_seed"].items())
         label = setting if contender == "lightning-gen" else f"{setting}: {s['description']}"
@@ -523,10 +573,12 @@ def protocol_table(runs: list[dict], results: Path) -> list[str]:
             f"| {contender} | {label} | {len(s['seeds'])} | {per_seed} | {s['median_fid']:.1f} "
             f"| {s['worst_fid']:.1f} ({s['worst_seed']}) | {fmt(s['median_kid'])} "
             f"| {fmt(s['median_precision'], '.3f')} | {fmt(s['median_recall'], '.3f')} "
-            f"| {fmt(s['median_nll_bpd'], '.4f')} | {s['median_images']:,.0f} | {s['median_images_per_second']:,.0f} |")
+            f"| {fmt(s['median_nll_bpd'], '.4f')} | {s['median_images']:,.0f} | {s['median_images_per_second']:,.0f} "
+            f"| {_percent(s['median_overhead'])} ({_percent(s['median_evaluation'])}) |")
     lines.append("")
     baseline = better_baseline(summaries)
-    default = next((key for key in summaries if key[0] == "lightning-gen"), None)
+    current = ("lightning-gen", f"configs/{runs[0]['family']}_fmnist.yaml")  # no override, the config as it is now
+    default = current if current in summaries else None
     if baseline and default:
         ratio = summaries[default]["median_fid"] / summaries[baseline]["median_fid"]
         lines.append(f"the baseline: plain {baseline[1]} ({summaries[baseline]['description']}), the lower median FID "
@@ -551,6 +603,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nll-images", type=int, default=10_000, help="test images for bits/dim")
     parser.add_argument("--results", type=Path, help="JSONL to append to (default "
                         f"{DEFAULT_RESULTS.relative_to(REPO)}; with --quick a temporary file)")
+    parser.add_argument("--override", nargs="+", default=[], metavar="OPTION=VALUE",
+                        help="lightning-gen only, for ablations: CLI options added to the default config, e.g. "
+                        "model.init_args.width=64 (recorded in the setting, a separate row of the table)")
+    parser.add_argument("--save-samples", type=Path, metavar="FOLDER",
+                        help="also write 16 samples of each trained contender to FOLDER/<family>-<contender>-seed<S>-"
+                        "<M>min.npz (for docs/samples_figure.py)")
     parser.add_argument("--report", action="store_true", help="train nothing: print the table of stored results")
     parser.add_argument("--quick", action="store_true", help="2 s per run, 50 samples (pixelcnn 8): a crash check")
     args = parser.parse_args(argv)
@@ -575,7 +633,7 @@ def main(argv: list[str] | None = None) -> None:
             threads = torch.get_num_threads()
             for family in families:
                 for seed in seeds_of(family, args):
-                    for contender in contenders(family, args.quick):
+                    for contender in contenders(family, args.quick, tuple(args.override)):
                         if contender.key not in args.contenders:
                             continue
                         record = run_one(family, contender, seed, args)

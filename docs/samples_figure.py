@@ -4,7 +4,11 @@
         runs/compare/gan_fmnist/version_0 runs/compare/pixelcnn_fmnist/version_0 --out docs/images/samples.png
 
 Each run's checkpoints/last.ckpt is loaded as the model class it records; every row is drawn with the
-same seed, so the picture is reproducible from the checkpoints.
+same seed, so the picture is reproducible from the checkpoints. A row can also be an ``.npz`` of samples
+(``images``, uint8 NCHW, as ``sample`` and ``benchmarks/quality_at_budget.py --save-samples`` write),
+and any row can carry its own title as ``"TITLE=PATH"``:
+
+    python docs/samples_figure.py "VAE, 5 min: FID 210=samples/vae-lightning-gen-seed0-5min.npz" ...
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import torch  # noqa: E402
@@ -24,7 +29,17 @@ from lightning_gen.checkpoints import MODEL_CLASS_KEY, read_checkpoint  # noqa: 
 from lightning_gen.cli import import_class  # noqa: E402
 
 
-def samples_of(run: Path, n: int, seed: int) -> tuple[str, torch.Tensor]:
+def samples_of(row: str, n: int, seed: int) -> tuple[str, torch.Tensor]:
+    title, _, path = ("", "", row) if Path(row).exists() else row.partition("=")  # checkpoint names hold "=" too
+    run = Path(path)
+    if run.suffix == ".npz":
+        images = torch.from_numpy(np.load(run)["images"][:n]).float() / 255
+        return title or run.stem, images
+    label, images = _checkpoint_samples(run, n, seed)
+    return title or label, images
+
+
+def _checkpoint_samples(run: Path, n: int, seed: int) -> tuple[str, torch.Tensor]:
     ckpt = run / "checkpoints" / "last.ckpt" if run.is_dir() else run
     model_class = import_class(read_checkpoint(ckpt)[MODEL_CLASS_KEY])
     model = model_class.load_checkpoint(ckpt).eval()
@@ -37,7 +52,7 @@ def samples_of(run: Path, n: int, seed: int) -> tuple[str, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("runs", nargs="+", help="run folders, checkpoints or .npz samples, each optionally TITLE=PATH")
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/images/samples.png"))

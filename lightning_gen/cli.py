@@ -39,8 +39,9 @@ from lightning_gen.checkpoints import (
     read_checkpoint,
 )
 from lightning_gen.data.base import SplitDataModule
-from lightning_gen.errors import CheckpointError, LightningGenError, RunFolderError, TrainingStopped
+from lightning_gen.errors import CheckpointError, LightningGenError, RunFolderError, TrainingStopped, missing_extra
 from lightning_gen.models.base import GenerativeModule
+from lightning_gen.packaged_configs import resolve_config_options
 from lightning_gen.runs import check_writable, checkpoint_space_needed, newest_last_checkpoint, run_folder
 from lightning_gen.trainer import LightningGenTrainer, hide_unused_options
 
@@ -410,7 +411,8 @@ def args_from_checkpoint(args: list[str]) -> list[str]:
 
 
 # commands that work on finished runs, not on one model: no LightningCLI, their own argument parsers
-RUN_COMMANDS = {"compare": "lightning_gen.report.compare", "dashboard": "lightning_gen.report.dashboard"}
+RUN_COMMANDS = {"compare": "lightning_gen.report.compare", "dashboard": "lightning_gen.report.dashboard",
+                "configs": "lightning_gen.packaged_configs"}
 
 
 DEBUG_VARIABLE = "LIGHTNING_GEN_DEBUG"
@@ -429,7 +431,7 @@ def main(args: list[str] | None = None) -> None:
         if args and args[0] in RUN_COMMANDS:
             importlib.import_module(RUN_COMMANDS[args[0]]).main(args[1:])
             return
-        args = args_from_checkpoint(args)
+        args = args_from_checkpoint(resolve_config_options(args))
         # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns about
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         LightningGenCLI(args=args)
@@ -458,6 +460,9 @@ def fixable_error(error: BaseException) -> LightningGenError | None:
         seen.add(id(error))
         if isinstance(error, LightningGenError):
             return error
+        missing = missing_extra(error)
+        if missing:
+            return missing
         if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
             return RunFolderError(
                 f"cannot write {error.filename or 'a file of the run'} ({error.strerror}). Checkpoints already "

@@ -32,6 +32,10 @@ class RunFolderError(LightningGenError):
     """A run folder or a file in it cannot be written: read-only, full disk, or a file where a folder goes."""
 
 
+class MissingExtraError(LightningGenError):
+    """An optional part of the package (an extra, e.g. ``[wandb]``) is needed but not installed."""
+
+
 class TrainingStopped(LightningGenError):
     """SIGTERM or Ctrl-C stopped ``fit`` at a batch boundary, after a checkpoint to resume from was saved."""
 
@@ -61,3 +65,20 @@ def _range_text(limits: dict) -> str:
         (low_kind, low), (high_kind, high) = limits.items()
         return f"in {_LIMITS[low_kind][2]}{low}, {high}{_LIMITS[high_kind][2]}"
     return " and ".join(f"{_LIMITS[kind][1]} {bound}" for kind, bound in limits.items())
+
+
+# optional parts of the package (pyproject.toml's extras): module -> the extra that installs it
+EXTRAS = {"wandb": "wandb", "wandb_workspaces": "wandb"}
+
+
+def missing_extra(error: BaseException) -> LightningGenError | None:
+    """An import of an optional part that is not installed, as a message naming the extra to install."""
+    if not isinstance(error, ImportError):
+        return None
+    module = (error.name or "").split(".")[0]
+    if module not in EXTRAS and "wandb" in str(error):  # Lightning's WandbLogger words it as a requirement
+        module = "wandb"
+    if module not in EXTRAS:
+        return None
+    return MissingExtraError(f"this needs the optional package {module!r}, which is not installed. Install "
+                             f"lightning-gen's [{EXTRAS[module]}] extra: pip install 'lightning-gen[{EXTRAS[module]}]'")

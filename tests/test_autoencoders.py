@@ -35,6 +35,18 @@ class TestRGBVAE(GenerativeModelContract):
         return VAE(data_shape=(3, 32, 32), **SMALL_VAE)
 
 
+class TestMLPVAEWithPosteriorMixture(GenerativeModelContract):
+    """The default config's combination: MLP nets, samples from the mixture fitted to training codes
+    (which the checkpoint must carry for the round trip to give identical samples)."""
+
+    other_model_class = AE
+    config, test_metrics, predictions = "vae_fmnist.yaml", VAE_TEST_METRICS, PREDICTIONS
+
+    def make_model(self):
+        return VAE(data_shape=(1, 28, 28), latent_dim=4, hidden=32, test_importance_samples=8, net="mlp",
+                   sample_latents="posterior_mixture", mixture_components=3)
+
+
 class TestAE(GenerativeModelContract):
     other_model_class = VAE
     config, test_metrics, predictions = "ae_fmnist.yaml", ("test/recon",), PREDICTIONS

@@ -10,7 +10,7 @@ import sys
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from quality_at_budget import DEFAULT_RESULTS, family_table  # noqa: E402
+from quality_at_budget import DEFAULT_RESULTS, config_digest, family_table  # noqa: E402
 from run_all import BENCHMARKS  # noqa: E402
 
 
@@ -34,8 +34,10 @@ def test_every_benchmark_runs_in_quick_mode_and_lands_on_the_page(tmp_path):
     assert _file_state(DEFAULT_RESULTS) == quality_results, "--quick must not append to the repository's results"
 
 
-def _record(contender: str, setting: str, seed: int, fid: float, minutes: float = 5.0) -> dict:
+def _record(contender: str, setting: str, seed: int, fid: float, minutes: float = 5.0, digest: str | None = None) -> dict:
+    digest = digest or config_digest("gan")  # the config file as it is now, unless told otherwise
     return {"family": "gan", "contender": contender, "setting": setting, "description": f"setting {setting}",
+            **({"config_digest": digest} if contender == "lightning-gen" else {}),
             "seed": seed, "minutes": minutes, "images_trained": 1000, "images_per_budget_second": 3.3,
             "metrics": {"fid": fid, "kid": 1.0, "precision": 0.5, "recall": 0.25}, "evaluation": {"num_samples": 100},
             "machine": {"cpu": "test CPU", "threads": 2, "device": "cpu"}, "quick": False}
@@ -49,12 +51,14 @@ def test_quality_table_reports_median_and_worst_seed_against_the_better_baseline
         *(_record("plain", "A", seed, fid) for seed, fid in enumerate((150.0, 160.0, 170.0))),
         *(_record("plain", "B", seed, fid) for seed, fid in enumerate((90.0, 500.0, 130.0))),
         _record("lightning-gen", default, 0, 1.0, minutes=15.0),  # another budget: another table
+        _record("lightning-gen", default, 1, 2.0, digest="0ld0ld00"),  # an earlier version of the config
     ]
     text = "\n".join(family_table(records, "gan", 5.0, quick=False, results=tmp_path / "r.jsonl"))
     rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| ")}
     assert "0: 100.0, 1: 120.0, 2: 300.0 | 120.0 | 300.0 (2)" in rows[default]
     assert "| 160.0 | 170.0 (2)" in rows["A: setting A"]
     assert "| 130.0 | 500.0 (1)" in rows["B: setting B"]
+    assert "1: 2.0 | 2.0 |" in rows[f"{default} [earlier config 0ld0ld00]"]  # its own row, not the default's
     # B has the lower median FID (130 < 160), so it is the baseline: 120 / 130
     assert "the baseline: plain B" in text and "median FID = 0.923" in text
 

@@ -106,12 +106,13 @@ def _hand_written_dcgan(generator, discriminator, loader, latent_dim: int, seed:
         opt_g.step()
 
 
-def _module_and_loop(module_reuses: bool, loop_reuses: bool) -> tuple[GAN, torch.nn.Module, torch.nn.Module]:
+def _module_and_loop(module_reuses: bool, loop_reuses: bool,
+                     batch_norm: bool = False) -> tuple[GAN, torch.nn.Module, torch.nn.Module]:
     """The GAN module and the hand-written loop from the same initial weights over the same 6 batches
     (in order) and latents: (the trained module, the loop's generator, the loop's discriminator)."""
     pl.seed_everything(0)
     model = GAN(data_shape=(1, 28, 28), latent_dim=8, width=8, objective="non_saturating", ema_decay=0.0,
-                reuse_fakes=module_reuses)
+                reuse_fakes=module_reuses, discriminator_batch_norm=batch_norm)
     generator, discriminator = copy.deepcopy(model.generator), copy.deepcopy(model.discriminator)
     images = torch.rand(6 * 16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     loader = DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=16)
@@ -122,11 +123,12 @@ def _module_and_loop(module_reuses: bool, loop_reuses: bool) -> tuple[GAN, torch
     return model, generator, discriminator
 
 
-@pytest.mark.parametrize("reuse_fakes", [True, False])
-def test_the_gan_trains_exactly_like_a_hand_written_dcgan_loop_on_the_same_batches(reuse_fakes):
+@pytest.mark.parametrize("reuse_fakes, batch_norm", [(True, False), (False, False), (True, True)])
+def test_the_gan_trains_exactly_like_a_hand_written_dcgan_loop_on_the_same_batches(reuse_fakes, batch_norm):
     """Same initial weights, batches and latents -> the same weights and batch-norm statistics after 6
-    steps, up to float rounding: the Lightning module adds no hidden difference to the computation."""
-    model, generator, discriminator = _module_and_loop(reuse_fakes, reuse_fakes)
+    steps, up to float rounding: the Lightning module adds no hidden difference to the computation
+    (also with batch norm in D, whose statistics see real and fake batches separately in both)."""
+    model, generator, discriminator = _module_and_loop(reuse_fakes, reuse_fakes, batch_norm)
     for ours, theirs in ((model.generator, generator), (model.discriminator, discriminator)):
         for (name, expected), actual in zip(theirs.state_dict().items(), ours.state_dict().values()):
             torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=name)
@@ -142,3 +144,35 @@ def test_the_check_tells_the_two_loops_apart():
 def test_reuse_fakes_needs_one_step_of_each_player():
     with pytest.raises(ConfigValueError, match="reuse_fakes needs n_disc_steps 1"):
         GAN(data_shape=(2,), n_disc_steps=2, reuse_fakes=True)
+
+
+def test_discriminator_batch_norm_is_refused_with_penalties_that_need_per_sample_gradients():
+    for options in ({"r1_gamma": 1.0}, {"objective": "wasserstein"}):
+        with pytest.raises(ConfigValueError, match="discriminator_batch_norm cannot be combined with R1"):
+            GAN(data_shape=(1, 28, 28), discriminator_batch_norm=True, **options)
+    with pytest.raises(ConfigValueError, match="applies to image discriminators"):
+        GAN(data_shape=(2,), discriminator_batch_norm=True)
+    with pytest.raises(ConfigValueError, match="weight_init must be one of default, dcgan"):
+        GAN(data_shape=(2,), weight_init="xavier")
+
+
+def test_a_discriminator_without_batch_norm_keeps_the_state_dict_keys_of_earlier_checkpoints():
+    keys = list(GAN(data_shape=(1, 28, 28), width=8).discriminator.state_dict())
+    assert keys == ["net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias", "net.5.weight", "net.5.bias"]
+    with_norm = GAN(data_shape=(1, 28, 28), width=8, discriminator_batch_norm=True).discriminator.state_dict()
+    assert "net.3.running_mean" in with_norm and "net.2.bias" not in with_norm  # the norm's shift replaces the bias
+
+
+def test_dcgan_initialisation_draws_weights_from_n_0_0_02_and_copies_them_to_the_ema():
+    torch.manual_seed(0)
+    model = GAN(data_shape=(1, 28, 28), width=32, weight_init="dcgan", discriminator_batch_norm=True)
+    for name, module in [*model.generator.named_modules(), *model.discriminator.named_modules()]:
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d, torch.nn.Linear)):
+            assert abs(module.weight.std().item() - 0.02) < 0.002 and abs(module.weight.mean().item()) < 0.002, name
+        elif isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            assert abs(module.weight.mean().item() - 1) < 0.01 and module.weight.std().item() < 0.03, name
+            assert not module.bias.any(), name
+    for ema, raw in zip(model.generator_ema.parameters(), model.generator.parameters()):
+        assert torch.equal(ema, raw)
+    default = GAN(data_shape=(1, 28, 28), width=32).discriminator.net[0].weight
+    assert default.std().item() > 0.05  # PyTorch's default is not that initialisation: the option does something

@@ -119,11 +119,14 @@ def picture_grids(model, held_out: Tensor | None, generator: torch.Generator, nu
                   num_reconstructions: int = 8, num_interpolations: int = 4,
                   interpolation_steps: int = 8) -> dict[str, tuple[Tensor, int]]:
     """The pictures a model can show, as ``{kind: (images [N, C, H, W] in [0, 1], images per row)}``:
-    ``samples`` (any model with ``sample``), ``reconstructions`` and ``interpolations`` (models that can
+    ``samples`` (any model with ``sample``; a VAE that samples its posterior mixture also shows
+    ``prior_samples``, the same decoder at z ~ N(0, I)), ``reconstructions`` and ``interpolations`` (models that can
     ``encode`` and ``decode``; from ``held_out`` images). Shared by the callback and ``compare``."""
     grids = {}
     if num_samples and has_surface(model, "sample"):
         grids["samples"] = (model.sample(num_samples, generator=generator), 8)
+        if getattr(model, "sample_latents", "prior") != "prior":  # a VAE sampling its posterior mixture
+            grids["prior_samples"] = (model.sample_prior(num_samples, generator=generator), 8)  # the same decoder
     if held_out is None or not (has_surface(model, "encode") and has_surface(model, "decode")):
         return grids
     if num_reconstructions:

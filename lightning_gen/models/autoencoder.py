@@ -12,14 +12,17 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from lightning_gen.errors import check_range
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.data.base import batch_images
 from lightning_gen.losses import build_likelihood, gaussian_kl_to_standard, log_normal, reparameterize
 from lightning_gen.losses.gaussian import log_standard_normal
 from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
-from lightning_gen.nets import ConvDecoder, ConvEncoder
+from lightning_gen.models.latent_mixture import LatentMixture
+from lightning_gen.nets import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from lightning_gen.nets.conv import check_image_shape
 
+SAMPLE_LATENTS = ("prior", "posterior_mixture")
+NETS = ("conv", "mlp")
 EVAL_SEED = 1234  # seeds the held-out binarisation and posterior noise so val/test numbers repeat
 
 
@@ -42,15 +45,23 @@ class _Autoencoder(GenerativeModule):
         channels: int = 32,
         hidden: int = 256,
         optimizer: OptimizerCallable = torch.optim.Adam,
+        net: str = "conv",
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
-        self.data_shape = check_image_shape(tuple(data_shape))
+        if net not in NETS:
+            raise ConfigValueError(f"net must be one of {', '.join(NETS)}, got {net!r}")
+        self.data_shape = check_image_shape(tuple(data_shape), multiple_of=4 if net == "conv" else 1)
         check_range(at_least=1, latent_dim=latent_dim, channels=channels, hidden=hidden)
         self.latent_dim = latent_dim
         self.likelihood = build_likelihood(likelihood, binarization)
-        self.encoder = ConvEncoder(self.data_shape, self.encoder_outputs_per_latent * latent_dim, channels, hidden)
-        self.decoder = ConvDecoder(self.data_shape, latent_dim, self.likelihood.params_per_channel, channels, hidden)
+        codes, params = self.encoder_outputs_per_latent * latent_dim, self.likelihood.params_per_channel
+        if net == "conv":
+            self.encoder = ConvEncoder(self.data_shape, codes, channels, hidden)
+            self.decoder = ConvDecoder(self.data_shape, latent_dim, params, channels, hidden)
+        else:  # channels is unused
+            self.encoder = MLPEncoder(self.data_shape, codes, hidden)
+            self.decoder = MLPDecoder(self.data_shape, latent_dim, params, hidden)
         self.optimizer_factory = optimizer
 
     def configure_optimizers(self):
@@ -163,6 +174,13 @@ class VAE(_Autoencoder):
         kl_warmup_steps: optimizer steps over which the KL weight rises linearly from 0 to beta (0: none).
         val_importance_samples: k of the IWAE bound behind ``val/nll_bpd``.
         test_importance_samples: k of the IWAE bound behind ``test/nll`` and ``test/nll_bpd``.
+        sample_latents: where ``sample`` draws z: "prior" (N(0, I)) or "posterior_mixture", a Gaussian
+            mixture fitted by EM to the posterior means of the latest ``mixture_codes`` training images
+            (ex-post density estimation, Ghosh et al. 2020; ``latent_mixture``). The mixture is refitted
+            whenever new codes arrived since the last fit and at each epoch end, so that checkpoints
+            hold it; before any training batch it falls back to the prior. Under DDP each process fits
+            to its own shard's codes. The likelihood and its bounds always use the prior N(0, I).
+        mixture_components / mixture_codes: K of that mixture, and how many recent codes it is fitted to.
     """
 
     encoder_outputs_per_latent = 2  # mean and log-variance
@@ -174,9 +192,20 @@ class VAE(_Autoencoder):
         kl_warmup_steps: int = 0,
         val_importance_samples: int = 8,
         test_importance_samples: int = 128,
+        sample_latents: str = "prior",
+        mixture_components: int = 10,
+        mixture_codes: int = 10_000,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        if sample_latents not in SAMPLE_LATENTS:
+            raise ConfigValueError(f"sample_latents must be one of {', '.join(SAMPLE_LATENTS)}, got {sample_latents!r}")
+        check_range(at_least=1, mixture_components=mixture_components, mixture_codes=mixture_codes)
+        self.sample_latents = sample_latents
+        if sample_latents == "posterior_mixture":
+            self.latent_mixture = LatentMixture(self.latent_dim, mixture_components)
+            self._recent_codes = torch.zeros(mixture_codes, self.latent_dim)  # a ring buffer, not checkpointed
+            self._codes_seen, self._codes_at_fit = 0, 0
         check_range(at_least=0, beta=beta, kl_warmup_steps=kl_warmup_steps)
         check_range(at_least=1, val_importance_samples=val_importance_samples,
                     test_importance_samples=test_importance_samples)
@@ -194,7 +223,9 @@ class VAE(_Autoencoder):
 
     def elbo_terms(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """One-sample estimate of E_q[log p(x|z)] and the closed-form KL, each ``[N]`` nats."""
-        mean, logvar = self.posterior(x)
+        return self._elbo_terms(x, *self.posterior(x), generator)
+
+    def _elbo_terms(self, x: Tensor, mean: Tensor, logvar: Tensor, generator: torch.Generator | None):
         z = reparameterize(mean, logvar, generator)
         return self.likelihood.log_prob(self.decoder(z), x), gaussian_kl_to_standard(mean, logvar)
 
@@ -203,7 +234,10 @@ class VAE(_Autoencoder):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x = self._prepare_batch(batch, "train", batch_idx)
-        log_px_z, kl = self.elbo_terms(x, self.training_rng)
+        mean, logvar = self.posterior(x)
+        if self.sample_latents == "posterior_mixture":
+            self._remember_codes(mean.detach())
+        log_px_z, kl = self._elbo_terms(x, mean, logvar, self.training_rng)
         weight = self.kl_weight()
         loss = (-log_px_z + weight * kl).mean()
         self.guard_finite(loss=loss)
@@ -265,7 +299,38 @@ class VAE(_Autoencoder):
         return {"estimator": "IWAE bound", "importance_samples": self.test_importance_samples,
                 "likelihood": self.likelihood.name, "dequantization": correction}
 
+    # --- where samples come from ----------------------------------------------------------------
+    def _remember_codes(self, codes: Tensor) -> None:
+        buffer = self._recent_codes = self._recent_codes.to(codes.device)
+        self._codes_seen += len(codes) - len(codes[-len(buffer):])  # a batch larger than the buffer: its last rows
+        codes = codes[-len(buffer):]
+        rows = torch.arange(self._codes_seen, self._codes_seen + len(codes), device=codes.device) % len(buffer)
+        buffer[rows] = codes
+        self._codes_seen += len(codes)
+
+    def fit_latent_mixture(self) -> None:
+        """Refit the mixture to the remembered codes, if new ones arrived since the last fit."""
+        if self._codes_seen == self._codes_at_fit:
+            return
+        self.latent_mixture.fit(self._recent_codes[:min(self._codes_seen, len(self._recent_codes))])
+        self._codes_at_fit = self._codes_seen
+
+    def on_train_epoch_end(self) -> None:
+        if self.sample_latents == "posterior_mixture":
+            self.fit_latent_mixture()
+
+    @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Decode z ~ N(0, I) to the mean image of p(x|z), in [0, 1]."""
+        """Decode z to the mean image of p(x|z), in [0, 1]; z ~ N(0, I) or the posterior mixture
+        (``sample_latents``)."""
+        if self.sample_latents == "posterior_mixture":
+            self.fit_latent_mixture()
+            if self.latent_mixture.fitted:
+                return self.decode(self.latent_mixture.sample(n, generator))
+        return self.sample_prior(n, generator)
+
+    @torch.no_grad()
+    def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Decode z ~ N(0, I), whatever ``sample_latents`` says."""
         z = torch.randn(n, self.latent_dim, generator=generator, device=self.device)
         return self.decode(z)

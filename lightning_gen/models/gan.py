@@ -29,7 +29,9 @@ from lightning_gen.data.base import batch_images
 from lightning_gen.data.pixels import from_signed, to_signed
 from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_value, r1_penalty
 from lightning_gen.models.base import GenerativeModule
-from lightning_gen.nets.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator
+from lightning_gen.nets.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, dcgan_init_
+
+WEIGHT_INITS = ("default", "dcgan")
 
 
 def _adam_for_gans(params):
@@ -46,6 +48,9 @@ class GAN(GenerativeModule):
         gp_weight: lambda of the WGAN gradient penalty (used by ``wasserstein``).
         r1_gamma: weight of the R1 penalty on real data (0: off).
         spectral_norm: spectral normalisation on every D layer.
+        discriminator_batch_norm: batch norm in the image discriminator, as in DCGAN (not with the gradient
+            penalty or R1: a per-sample input gradient is undefined when each score depends on the batch).
+        weight_init: "default" (PyTorch's) or "dcgan" (N(0, 0.02) weights, Radford et al. 2016) for both nets.
         ema_decay: decay of the generator EMA used for sampling (0: sample from G itself).
         generator_optimizer / discriminator_optimizer: default Adam(lr=2e-4, betas=(0.5, 0.999)).
         generator_scheduler / discriminator_scheduler: optional, stepped once per epoch.
@@ -72,6 +77,8 @@ class GAN(GenerativeModule):
         gp_weight: float = 10.0,
         r1_gamma: float = 0.0,
         spectral_norm: bool = False,
+        discriminator_batch_norm: bool = False,
+        weight_init: str = "default",
         ema_decay: float = 0.999,
         width: int = 64,
         hidden: int = 128,
@@ -97,6 +104,14 @@ class GAN(GenerativeModule):
             raise ConfigValueError(f"reuse_fakes needs n_disc_steps 1 and n_gen_steps 1 (one batch of fakes serves "
                                    f"both steps), got {n_disc_steps} and {n_gen_steps}")
         self.reuse_fakes = reuse_fakes
+        if weight_init not in WEIGHT_INITS:
+            raise ConfigValueError(f"weight_init must be one of {', '.join(WEIGHT_INITS)}, got {weight_init!r}")
+        if discriminator_batch_norm and (r1_gamma > 0 or getattr(build_objective(objective), "needs_gradient_penalty",
+                                                                  False)):
+            raise ConfigValueError(
+                "discriminator_batch_norm cannot be combined with R1 or the Wasserstein gradient penalty: with batch "
+                "norm each score depends on the whole batch, so the per-sample input gradient those penalties use is "
+                "not defined. Set discriminator_batch_norm false, or r1_gamma 0 and another objective")
         self._grad_norms: dict[str, Tensor] = {}  # per player, measured in on_before_optimizer_step
         self.data_shape = tuple(data_shape)
         self.images = len(self.data_shape) == 3
@@ -106,12 +121,17 @@ class GAN(GenerativeModule):
         self.gp_weight, self.r1_gamma, self.ema_decay = gp_weight, r1_gamma, ema_decay
         if self.images:
             self.generator = DCGANGenerator(self.data_shape, latent_dim, width)
-            self.discriminator = DCGANDiscriminator(self.data_shape, width, spectral_norm)
+            self.discriminator = DCGANDiscriminator(self.data_shape, width, spectral_norm, discriminator_batch_norm)
         elif len(self.data_shape) == 1:
             self.generator = MLPGenerator(self.data_shape[0], latent_dim, hidden, depth)
             self.discriminator = MLPDiscriminator(self.data_shape[0], hidden, depth, spectral_norm=spectral_norm)
         else:
             raise ConfigValueError(f"GAN needs images (C, H, W) or points (D,), got data shape {self.data_shape}")
+        if discriminator_batch_norm and not self.images:
+            raise ConfigValueError("discriminator_batch_norm applies to image discriminators; point data uses MLPs")
+        if weight_init == "dcgan":
+            self.generator.apply(dcgan_init_)
+            self.discriminator.apply(dcgan_init_)
         self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._calibrated_at: int | None = None  # ema_updates when the EMA's batch norm was last re-estimated

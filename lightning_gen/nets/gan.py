@@ -44,17 +44,22 @@ class DCGANGenerator(nn.Module):
 
 
 class DCGANDiscriminator(nn.Module):
-    """images ``[N, C, H, W]`` in [-1, 1] -> scores ``[N]``. No batch norm (it would break the gradient
-    penalty's per-sample gradients); optional spectral normalisation (Miyato et al. 2018)."""
+    """images ``[N, C, H, W]`` in [-1, 1] -> scores ``[N]``. Optional spectral normalisation (Miyato et al.
+    2018); optional batch norm after the second convolution, as in DCGAN (Radford et al. 2016). Batch norm
+    makes each score depend on the whole batch, so it cannot be combined with the gradient penalty or R1,
+    whose per-sample input gradients would then mix samples (the model refuses that combination)."""
 
-    def __init__(self, data_shape: tuple[int, int, int], width: int = 64, spectral_norm: bool = False):
+    def __init__(self, data_shape: tuple[int, int, int], width: int = 64, spectral_norm: bool = False,
+                 batch_norm: bool = False):
         super().__init__()
         channels, height, width_px = check_image_shape(data_shape)
         check_range(at_least=1, width=width)
+        second = _maybe_sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1, bias=not batch_norm), spectral_norm)
         self.net = nn.Sequential(
             _maybe_sn(nn.Conv2d(channels, width, 4, stride=2, padding=1), spectral_norm),  # (N, w, H/2, W/2)
             nn.LeakyReLU(0.2),
-            _maybe_sn(nn.Conv2d(width, 2 * width, 4, stride=2, padding=1), spectral_norm),  # (N, 2w, H/4, W/4)
+            second,  # (N, 2w, H/4, W/4)
+            *([nn.BatchNorm2d(2 * width)] if batch_norm else []),  # absent, not Identity: old checkpoints' keys hold
             nn.LeakyReLU(0.2),
             nn.Flatten(),
             _maybe_sn(nn.Linear(2 * width * (height // 4) * (width_px // 4), 1), spectral_norm),
@@ -62,6 +67,17 @@ class DCGANDiscriminator(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).squeeze(1)
+
+
+def dcgan_init_(module: nn.Module) -> None:
+    """Radford et al. 2016's initialisation, applied with ``net.apply``: convolution and linear weights from
+    N(0, 0.02), batch-norm scales from N(1, 0.02) and shifts 0 (biases keep PyTorch's default)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        weight = module.parametrizations.weight.original if hasattr(module, "parametrizations") else module.weight
+        nn.init.normal_(weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
 
 
 class MLPGenerator(nn.Module):
