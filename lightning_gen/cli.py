@@ -30,6 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_gen.boundary import build_optimizers_once, rejected_options, silence_tips
+from lightning_gen.callbacks.checkpoint import keep_last_checkpoint_current
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import (
     DATAMODULE_KEY,
@@ -129,6 +130,7 @@ class LightningGenCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if not any(isinstance(callback, GracefulStop) for callback in trainer.callbacks):
             trainer.callbacks.append(GracefulStop())
+        keep_last_checkpoint_current(trainer.callbacks)
         return trainer
 
     # --- boundary checks before any work starts --------------------------------------------------
@@ -341,8 +343,8 @@ def run_summary(trainer, metrics: dict[str, float]) -> str:
             score = callback.best_model_score
             score_text = f" ({callback.monitor}={float(score):.4f})" if score is not None else ""
             lines.append(f"  best ckpt:   {callback.best_model_path}{score_text}")
-        if isinstance(callback, ModelCheckpoint) and callback.last_model_path:
-            lines.append(f"  last ckpt:   {callback.last_model_path}")
+        if isinstance(callback, ModelCheckpoint) and (last := _last_checkpoint(callback)):
+            lines.append(f"  last ckpt:   {last}")
     for name in ("metrics.csv",):
         if (folder / name).is_file():
             lines.append(f"  metrics:     {folder / name}")
@@ -357,6 +359,15 @@ def run_summary(trainer, metrics: dict[str, float]) -> str:
         lines.append("final metrics (nats per image unless _bpd = bits/dim):")
         lines += [f"  {key:<16} {value:.4f}" for key, value in shown.items()]
     return "\n".join(lines)
+
+
+def _last_checkpoint(callback: ModelCheckpoint) -> str:
+    # test_after_fit restores the callback's state from the best checkpoint, written when last_model_path was
+    # still empty or older: the file on disk is the truth
+    if callback.last_model_path:
+        return callback.last_model_path
+    saved = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST) if callback.save_last else ""
+    return saved if saved and Path(saved).is_file() else ""
 
 
 _NOT_MODEL_ARGUMENTS = {"class_path", "init_args", "dict_kwargs", "help"}

@@ -141,7 +141,8 @@ def test_fit_resumes_with_the_same_counters_in_a_new_folder(trained_run, monkeyp
     monkeypatch.chdir(trained_run)
     (first,) = _run_folders(trained_run)[:1]
     before = file_digests(first)
-    batches_per_epoch = -(-540 // 128)  # 600 images, 10% held out for validation
+    batch_size = yaml.safe_load((CONFIGS / "vae_fmnist.yaml").read_text())["data"]["init_args"]["batch_size"]
+    batches_per_epoch = -(-540 // batch_size)  # 600 images, 10% held out for validation
     cli = LightningGenCLI(args=["fit", "--config", str(CONFIGS / "vae_fmnist.yaml"), *FAST,
                                 "--trainer.max_epochs", "3", "--ckpt_path", str(first / "checkpoints" / "last.ckpt")])
     assert cli.trainer.current_epoch == 3 and cli.trainer.global_step == 3 * batches_per_epoch
