@@ -304,7 +304,7 @@ def test_a_model_option_typed_on_the_command_line_wins_over_the_checkpoint(train
                "--trainer.limit_val_batches", "1", "--trainer.callbacks", "[]", "--trainer.default_root_dir",
                str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path)]
     from_checkpoint = LightningGenCLI(args=command).model
-    assert from_checkpoint.val_importance_samples == 2  # the trained run's value beats the config file's 8
+    assert from_checkpoint.val_importance_samples == 2  # the trained run's value beats the config file's 1
     typed = LightningGenCLI(args=[*command, spelling, "3"]).model
     assert typed.val_importance_samples == 3 and typed.latent_dim == from_checkpoint.latent_dim
     typed = LightningGenCLI(args=[*command, f"{spelling}=5"]).model
