@@ -22,7 +22,6 @@ from pathlib import Path
 import torch
 import yaml
 from jsonargparse import Namespace
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -30,12 +29,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_gen.boundary import build_optimizers_once, rejected_options, silence_tips
-from lightning_gen.callbacks.checkpoint import keep_last_checkpoint_current
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import (
     DATAMODULE_KEY,
     MODEL_CLASS_KEY,
-    AtomicCheckpointIO,
     check_model_class,
     read_checkpoint,
 )
@@ -124,14 +121,7 @@ class LightningGenCLI(LightningCLI):
             kwargs["strategy"] = "ddp_find_unused_parameters_true"
             rank_zero_info(f"{type(self.model).__name__} trains its parameters in separate phases: using "
                            "strategy ddp_find_unused_parameters_true for --trainer.strategy ddp")
-        trainer = super().instantiate_trainer(**kwargs)
-        # a crash or a full disk never leaves a half-written .ckpt (unless the user chose their own I/O)
-        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
-            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
-        if not any(isinstance(callback, GracefulStop) for callback in trainer.callbacks):
-            trainer.callbacks.append(GracefulStop())
-        keep_last_checkpoint_current(trainer.callbacks)
-        return trainer
+        return super().instantiate_trainer(**kwargs)  # LightningGenTrainer installs the run policy itself
 
     # --- boundary checks before any work starts --------------------------------------------------
     def _parse_ckpt_path(self) -> None:

@@ -1,4 +1,10 @@
-"""``LightningGenTrainer``: Lightning's Trainer plus the ``evaluate`` and ``sample`` subcommands.
+"""``LightningGenTrainer``: Lightning's Trainer with lightning-gen's run policy, plus the ``evaluate`` and
+``sample`` subcommands.
+
+The run policy is what every run gets, built from Python as from ``python -m lightning_gen``: checkpoint files
+that appear whole or not at all (``AtomicCheckpointIO``), a stop on SIGTERM or Ctrl-C after the running step
+with a checkpoint of it (``GracefulStop``), and a ``last.ckpt`` that always holds the newest state
+(``CurrentLastModelCheckpoint``).
 
 LightningCLI turns each method's arguments into command-line options, so
 ``python -m lightning_gen evaluate --ckpt_path X --metrics fid,nll_bpd --num_samples 5000`` and
@@ -18,12 +24,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
 from torchvision.utils import save_image
 from tqdm import tqdm
 
 from lightning_gen.boundary import check_output_folder
-from lightning_gen.checkpoints import check_model_class, read_checkpoint
+from lightning_gen.callbacks.checkpoint import keep_last_checkpoint_current
+from lightning_gen.callbacks.stop import GracefulStop
+from lightning_gen.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError, check_range
 from lightning_gen.metrics.registry import (
@@ -120,6 +129,15 @@ class LightningGenTrainer(Trainer):
         check_range(above=0, **_given(kwargs, "val_check_interval"))  # a number of batches or a share of them
         check_range(at_least=-1, **_given(kwargs, "num_sanity_val_steps"))  # -1: the whole validation set
         super().__init__(**kwargs)
+        self._install_run_policy()
+
+    def _install_run_policy(self) -> None:
+        # a crash or a full disk never leaves a half-written .ckpt (unless the user chose their own I/O)
+        if type(self.strategy.checkpoint_io) is TorchCheckpointIO:
+            self.strategy.checkpoint_io = AtomicCheckpointIO()
+        if not any(isinstance(callback, GracefulStop) for callback in self.callbacks):
+            self.callbacks.append(GracefulStop())
+        keep_last_checkpoint_current(self.callbacks)
 
     def evaluate(
         self,

@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint as LightningModelCheckpo
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gen.callbacks.checkpoint import CurrentLastModelCheckpoint, keep_last_checkpoint_current
+from lightning_gen.trainer import LightningGenTrainer
 
 
 class GetsWorseAfterFirstEpoch(pl.LightningModule):
@@ -30,9 +31,9 @@ class GetsWorseAfterFirstEpoch(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(tmp_path, checkpoint, epochs=3):
+def _fit(tmp_path, checkpoint, epochs=3, trainer_class=pl.Trainer):
     data = DataLoader(TensorDataset(torch.randn(8, 2)), batch_size=4)
-    trainer = pl.Trainer(default_root_dir=tmp_path, max_epochs=epochs, callbacks=[checkpoint], logger=False,
+    trainer = trainer_class(default_root_dir=tmp_path, max_epochs=epochs, callbacks=[checkpoint], logger=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)
     trainer.fit(GetsWorseAfterFirstEpoch(), data, data)
     return trainer
@@ -65,14 +66,17 @@ def test_control_lightnings_own_last_checkpoint_falls_behind(tmp_path):
     assert _saved_epoch_and_step(tmp_path / "ckpt" / "last.ckpt") == (0, 2)
 
 
-def test_the_launcher_upgrades_stock_checkpoints_and_leaves_others_alone(tmp_path):
+def test_stock_checkpoints_are_upgraded_and_others_left_alone():
     class Custom(LightningModelCheckpoint):
         pass
 
-    stock = LightningModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", mode="max", save_last=True)
-    custom, other = Custom(), pl.Callback()
+    stock, custom, other = LightningModelCheckpoint(), Custom(), pl.Callback()
     keep_last_checkpoint_current([stock, custom, other])
     assert type(stock) is CurrentLastModelCheckpoint
     assert type(custom) is Custom and type(other) is pl.Callback
-    trainer = _fit(tmp_path, stock)
+
+
+def test_lightning_gen_trainer_built_from_python_keeps_last_current(tmp_path):
+    stock = LightningModelCheckpoint(dirpath=tmp_path / "ckpt", monitor="val/score", mode="max", save_last=True)
+    trainer = _fit(tmp_path, stock, trainer_class=LightningGenTrainer)
     assert _saved_epoch_and_step(tmp_path / "ckpt" / "last.ckpt") == (2, trainer.global_step)

@@ -1,6 +1,9 @@
-"""Callbacks: pictures in the logger, (later) evaluation and EMA."""
+"""Callbacks: pictures in the logger, sample-quality evaluation, a ``last.ckpt`` that is always current and
+the graceful stop on SIGTERM/Ctrl-C (the last two installed by ``LightningGenTrainer`` itself)."""
 
+from lightning_gen.callbacks.checkpoint import CurrentLastModelCheckpoint
 from lightning_gen.callbacks.evaluation import EvaluationCallback
 from lightning_gen.callbacks.pictures import PictureLogger, log_picture
+from lightning_gen.callbacks.stop import GracefulStop
 
-__all__ = ["EvaluationCallback", "PictureLogger", "log_picture"]
+__all__ = ["CurrentLastModelCheckpoint", "EvaluationCallback", "GracefulStop", "PictureLogger", "log_picture"]
