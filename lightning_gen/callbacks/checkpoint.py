@@ -7,7 +7,7 @@ checkpoint if a checkpoint was actually saved in this step"). A run whose final 
 silently resumes from there, dropping the later epochs. This subclass takes the same arguments and,
 after Lightning's own saving, brings ``last.ckpt`` up to the current step when it is behind.
 
-The launcher upgrades every stock ``ModelCheckpoint`` in a config to this class (it adds no state).
+``LightningGenTrainer`` upgrades every stock ``ModelCheckpoint`` it is given to this class (it adds no state).
 """
 
 from __future__ import annotations
