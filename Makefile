@@ -5,11 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/vae_fmnist.yaml
 
-.PHONY: install data system test run compare bench bench-quick clean help
+.PHONY: install data system lint test test-gpu run compare bench bench-quick clean help
 
 help:
 	@echo "make install  - create $(VENV), install $(TORCH_PAIR), lightning-gen[dev], Fashion-MNIST (apt)"
-	@echo "make test     - run the test suite (no network, no GPU)"
+	@echo "make lint     - ruff: style, pyflakes, import order"
+	@echo "make test     - lint, then the test suite (no network, no GPU)"
+	@echo "make test-gpu - the GPU checks in gpu_tests/ (needs a CUDA device)"
 	@echo "make run      - train the default VAE on Fashion-MNIST (CONFIG=$(CONFIG)), then test it"
 	@echo "make bench    - every benchmark, one after another (~6 h on 2 cores, quality_at_budget ~4 h of it; BENCH_ARGS='--minutes 2': ~2 h) -> benchmarks/README.md"
 	@echo "make compare  - train small AE, VAE, GAN and PixelCNN runs, then write $(COMPARE_DIR)/report/report.html"
@@ -38,8 +40,17 @@ system:
 	fi
 data: system
 
-test:
+# ruff (pycodestyle, pyflakes, import order; settings in pyproject.toml); `make test` runs it first
+lint:
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q
+
+# The checks that need a CUDA device (the CUDA-graph sampler, 16-mixed with its grad scaler, compiled networks
+# on the GPU); never part of `make test`, whose CI has no GPU. Fails, rather than skips, without a device.
+test-gpu:
+	$(PY) -m pytest -q gpu_tests
 
 run:
 	$(PY) -m lightning_gen fit --config $(CONFIG) --test_after_fit true

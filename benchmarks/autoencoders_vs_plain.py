@@ -41,6 +41,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
+from budget import StopAfter, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import Tensor, nn
 
 from lightning_gen.data import FashionMNISTDataModule
@@ -48,7 +49,6 @@ from lightning_gen.losses import DiscretizedLogisticLikelihood, log_normal, repa
 from lightning_gen.losses.gaussian import gaussian_kl_to_standard, log_standard_normal
 from lightning_gen.metrics import EvaluationSettings, evaluate_model
 from lightning_gen.models import AE, VAE
-from budget import StopAfter, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SHAPE, BATCH, LR, LATENT, HIDDEN = (1, 28, 28), 128, 1e-3, 16, 500

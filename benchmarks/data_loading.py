@@ -36,13 +36,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
+from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
 from PIL import Image
 
 from lightning_gen.data import CIFAR10DataModule, FashionMNISTDataModule, ImageFolderDataModule, ToyMixtureDataModule
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError
 from lightning_gen.models import VAE
-from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
 
 VAE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vae_fmnist.yaml"
 BATCH = 128

@@ -60,7 +60,8 @@ def main() -> None:
         for devices in args.devices:
             with tempfile.TemporaryDirectory() as folder:
                 seconds = fit_seconds(config, devices, args.accelerator, Path(folder), batches)
-            batch_size = yaml.safe_load((REPO / "configs" / f"{config}.yaml").read_text())["data"]["init_args"]["batch_size"]
+            batch_size = yaml.safe_load(
+                (REPO / "configs" / f"{config}.yaml").read_text())["data"]["init_args"]["batch_size"]
             rate = (batches * batch_size * devices if batches else TRAIN_IMAGES) / seconds
             first = first or rate
             print(f"| {config} | {devices} | {seconds:.1f} | {rate:,.0f} | {rate / first:.2f}x |", flush=True)

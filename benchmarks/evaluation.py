@@ -30,7 +30,8 @@ from lightning_gen.models import VAE  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--num_samples", type=int, default=10_000)
-    parser.add_argument("--quick", action="store_true", help="200 images: a crash check (CI), not the published numbers")
+    parser.add_argument("--quick", action="store_true",
+                        help="200 images: a crash check (CI), not the published numbers")
     args = parser.parse_args()
     n = 200 if args.quick else args.num_samples
     data = FashionMNISTDataModule()
@@ -53,7 +54,8 @@ def main() -> None:
         print(f"\nMetric sanity, fmnist_clf features, {n} images vs {n} test images")
         print(f"{'images':<22} {'FID':>9} {'KID':>9} {'precision':>10} {'recall':>8}")
         for name, bank in cases.items():
-            r = {x.name.replace("_fmnist_clf", ""): x.value for x in evaluate_model(ImageBankModel(bank), data, settings, "cpu")}
+            r = {x.name.replace("_fmnist_clf", ""): x.value
+                 for x in evaluate_model(ImageBankModel(bank), data, settings, "cpu")}
             print(f"{name:<22} {r['fid']:>9.2f} {r['kid']:>9.2f} {r['precision']:>10.3f} {r['recall']:>8.3f}")
 
     model = VAE(latent_dim=16)

@@ -103,8 +103,8 @@ def lightning_default_config(seconds: float) -> tuple[GAN, int, float]:
     from lightning_gen.cli import LightningGenCLI
 
     config = yaml.safe_load((REPO / "configs" / "gan_fmnist.yaml").read_text())
-    config["trainer"].update(max_epochs=-1, max_time=time.strftime("00:%H:%M:%S", time.gmtime(seconds)), enable_progress_bar=False,
-                             limit_val_batches=0, callbacks=[], enable_checkpointing=False)
+    config["trainer"].update(max_epochs=-1, max_time=time.strftime("00:%H:%M:%S", time.gmtime(seconds)),
+                             enable_progress_bar=False, limit_val_batches=0, callbacks=[], enable_checkpointing=False)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "benchmark_input.yaml"
         path.write_text(yaml.safe_dump(config))
@@ -139,7 +139,8 @@ def main() -> None:
         print(f"done: {name}", file=sys.stderr, flush=True)
     plain_rate = rows[0][1]
     print(f"\nGAN on Fashion-MNIST, {args.minutes:g} min of training each, batch {BATCH}, "
-          f"{torch.get_num_threads()} threads; FID etc. in fmnist_clf features, {num_samples} samples vs {num_samples} test images")
+          f"{torch.get_num_threads()} threads; FID etc. in fmnist_clf features, "
+          f"{num_samples} samples vs {num_samples} test images")
     print(f"{'run':<32} {'images/s':>9} {'vs plain':>9} {'images':>9} {'FID':>8} {'precision':>10} {'recall':>7}")
     for name, rate, images, q in rows:
         print(f"{name:<32} {rate:>9.0f} {rate / plain_rate:>8.3f}x {images:>9} {q['fid']:>8.1f} "

@@ -42,11 +42,11 @@ from typing import Callable
 import lightning.pytorch as pl
 import torch
 import yaml
+from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
 
 from lightning_gen.data.pixels import to_signed
 from lightning_gen.losses import gaussian_kl_to_standard, reparameterize
 from lightning_gen.models.autoencoder import linear_warmup
-from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODELS = {"ae": "ae_fmnist.yaml", "vae": "vae_fmnist.yaml", "pixelcnn": "pixelcnn_fmnist.yaml",

@@ -7,7 +7,11 @@ The model is configs/pixelcnn_fmnist.yaml's (gated, hidden 32, 6 layers, kernel 
 28x28 grayscale) with a seeded random initialisation: sampling costs the same whatever the weights.
 For each batch size, one after the other in this run:
 
-- fast: ``PixelCNN.sample(sampler="fast")``, cached activations, only what the next pixel needs;
+- fast: ``PixelCNN.sample(sampler="fast_eager")``, cached activations, only what the next pixel needs;
+- graph (CUDA only): ``sampler="fast"``, the same sampler recorded as a CUDA graph and replayed. "graph
+  record s" is its first call at a batch size (an eager warm-up run, then the recording); "graph s/batch" a
+  later call (a replay with new noise); "graph == fast" compares the replay's images with the eager sampler's
+  for the same noise (torch.equal);
 - reference: one full network pass per pixel (H * W = 784 passes, the package's ``sample_by_full_passes``)
   fed the same pre-drawn uniform noise. With ``--reference-rows R < H`` only the first R rows are
   timed and the time is scaled by H / R (every row is W full passes, so every row costs the same).
@@ -55,11 +59,11 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_fast(model: PixelCNN, n: int, seed: int) -> tuple[torch.Tensor, float]:
+def time_fast(model: PixelCNN, n: int, seed: int, sampler: str = "fast_eager") -> tuple[torch.Tensor, float]:
     generator = torch.Generator(model.device).manual_seed(seed)
     synchronize(model.device)
     start = time.perf_counter()
-    images = model.sample(n, generator, sampler="fast")
+    images = model.sample(n, generator, sampler=sampler)
     synchronize(model.device)
     return images, time.perf_counter() - start
 
@@ -149,7 +153,12 @@ def main() -> None:
         else:
             share = (fast_images[:, :, :rows] == ref_images).float().mean().item()
             same = f"{100 * share:.2f}% of pixels in {rows} rows"
-        table.append((n, fast_s, ref_s, rows, same))
+        graph = None
+        if device.type == "cuda":
+            _, record_s = time_fast(model, n, args.seed + 1, sampler="fast")
+            graph_images, graph_s = time_fast(model, n, args.seed, sampler="fast")
+            graph = (record_s, graph_s, "yes" if torch.equal(graph_images, fast_images) else "NO")
+        table.append((n, fast_s, ref_s, rows, same, graph))
         print(f"done: batch {n}", flush=True)
 
     print(f"\nPixelCNN sampling, {'quick tiny model' if args.quick else CONFIG.name + ' model'} "
@@ -162,11 +171,18 @@ def main() -> None:
     print("| batch | fast s/batch | fast samples/s | reference s/batch | reference samples/s | speed-up "
           "| reference timed over | fast == reference |")
     print("|---:|---:|---:|---:|---:|---:|---|---|")
-    for n, fast_s, ref_s, rows, same in table:
+    for n, fast_s, ref_s, rows, same, _ in table:
         timed = f"all {height} rows" if rows == height else \
             f"{rows} of {height} rows, extrapolated x{height / rows:g}"
         print(f"| {n} | {fast_s:.3f} | {n / fast_s:.2f} | {ref_s:.2f} | {n / ref_s:.3f} | {ref_s / fast_s:.1f}x "
               f"| {timed} | {same} |")
+    if device.type == "cuda":
+        print("\n| batch | fast s/batch | graph record s | graph s/batch | graph samples/s | graph vs fast "
+              "| graph == fast |")
+        print("|---:|---:|---:|---:|---:|---:|---|")
+        for n, fast_s, _, _, _, (record_s, graph_s, equal) in table:
+            print(f"| {n} | {fast_s:.3f} | {record_s:.2f} | {graph_s:.4f} | {n / graph_s:.1f} | "
+                  f"{fast_s / graph_s:.1f}x | {equal} |")
 
 
 if __name__ == "__main__":

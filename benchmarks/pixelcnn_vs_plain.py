@@ -26,12 +26,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
+from budget import StopAfter, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.losses.autoregressive import CategoricalPixels
 from lightning_gen.models import PixelCNN
 from lightning_gen.nets.pixelcnn import ClassicPixelCNN
-from budget import StopAfter, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixelcnn_fmnist.yaml"
 BATCH, LR, SHAPE = 64, 1e-3, (1, 28, 28)

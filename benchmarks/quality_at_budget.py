@@ -84,13 +84,13 @@ import lightning
 import numpy as np
 import torch
 import torch.nn.functional as F
+from budget import StopAfter, batches_until, cpu_name, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import Tensor, nn
 
 import lightning_gen
 from lightning_gen.cli import LightningGenCLI
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.metrics import EvaluationSettings, evaluate_model
-from budget import StopAfter, batches_until, cpu_name, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "benchmarks" / "quality_at_budget.jsonl"
@@ -392,7 +392,8 @@ def contenders(family: str, quick: bool, overrides: tuple[str, ...] = ()) -> lis
                      ("B", "classic, 64 wide, 7 mask-B layers", functools.partial(train_plain_pixelcnn, 64, 7))],
     }[family]
     setting = " ".join([f"configs/{family}_fmnist.yaml", *overrides])
-    default = Contender("lightning-gen", setting, "the default config through the CLI" + " with changes" * bool(overrides),
+    default = Contender("lightning-gen", setting,
+                        "the default config through the CLI" + " with changes" * bool(overrides),
                         functools.partial(train_default, family, quick=quick, overrides=tuple(overrides)))
     return [default, *(Contender("plain", setting, description, train) for setting, description, train in plain)]
 

@@ -28,6 +28,9 @@ BENCHMARKS = {
     "vae_throughput": ("default VAE: data loading, Lightning training step, IWAE evaluation (images/s)", []),
     "gan_vs_plain": ("GAN: Lightning vs a hand-written DCGAN loop at the same budget (throughput ratio, FID)", []),
     "pixelcnn_sampling": ("PixelCNN: cached fast sampler vs one full pass per pixel (samples/s)", ["--device", "cuda"]),
+    "compile_speed": ("AE, VAE, PixelCNN, GAN: training images/s with eager vs compiled networks (compile: true); "
+                      "on a GPU also in bf16-mixed", ["--device", "cuda", "--variants", "eager", "compiled",
+                                                      "eager+bf16", "compiled+bf16"]),
     "pixelcnn_vs_plain": ("PixelCNN: gated (Lightning) vs a hand-written classic PixelCNN at the same budget", []),
     "evaluation": ("metric sanity on degraded images; evaluation with cached vs uncached real features", []),
     "ddp_scaling": ("training throughput with 1 and 2 DDP processes", ["--accelerator", "gpu"]),
@@ -35,6 +38,8 @@ BENCHMARKS = {
                            "interleaved (images/s ratio)", []),
     "data_loading": ("DataModules' train loaders, 0 and 2 workers: setup s and images/s vs the VAE's training "
                      "images/s", []),
+    "resident_data": ("default VAE and GAN: training images/s with device-resident data vs the DataLoader path, "
+                      "interleaved (ratio)", ["--device", "cuda"]),
     "autoencoders_vs_plain": ("AE and VAE: default configs vs hand-written MLP autoencoders at the same budget "
                               "(IWAE bits/dim, FID)", []),
     "quality_at_budget": ("AE, VAE, GAN, PixelCNN: default configs through the CLI vs the better of two plain-PyTorch "
@@ -64,7 +69,8 @@ FIXED_BUDGET = ("gan_vs_plain", "pixelcnn_vs_plain", "autoencoders_vs_plain", "q
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="each benchmark's --quick mode (CI: fails only on a crash)")
+    parser.add_argument("--quick", action="store_true",
+                        help="each benchmark's --quick mode (CI: fails only on a crash)")
     parser.add_argument("--gpu", action="store_true", help="run the benchmarks that take a device on the GPU")
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="a subset of the benchmarks")
     parser.add_argument("--out", type=Path, default=HERE / "README.md", help="the page to (re)write")
@@ -81,7 +87,8 @@ def main() -> None:
         description, gpu_args = BENCHMARKS[name]
         command = [sys.executable, str(HERE / f"{name}.py"), *(["--quick"] if args.quick else []),
                    *(gpu_args if args.gpu else []),
-                   *(["--minutes", str(args.minutes)] if args.minutes and name in FIXED_BUDGET and not args.quick else [])]
+                   *(["--minutes", str(args.minutes)]
+                     if args.minutes and name in FIXED_BUDGET and not args.quick else [])]
         print(f"running {name} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
         result = subprocess.run(command, capture_output=True, text=True)

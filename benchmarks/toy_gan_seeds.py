@@ -72,8 +72,9 @@ def table(config: str, results: list[dict]) -> str:
                      f"{r['largest_mode_share']:>13.3f}  {'yes' if passes(r) else 'NO'}")
     hq = sorted(r["high_quality_fraction"] for r in results)
     modes = sorted(r["modes_covered"] for r in results)
-    lines.append(f"seeds passing: {sum(map(passes, results))} of {len(results)}; modes median {modes[len(modes) // 2]:.0f}, "
-                 f"worst {modes[0]:.0f}; high quality median {hq[len(hq) // 2]:.3f}, worst {hq[0]:.3f}")
+    lines.append(f"seeds passing: {sum(map(passes, results))} of {len(results)}; "
+                 f"modes median {modes[len(modes) // 2]:.0f}, worst {modes[0]:.0f}; "
+                 f"high quality median {hq[len(hq) // 2]:.3f}, worst {hq[0]:.3f}")
     return "\n".join(lines)
 
 

@@ -31,7 +31,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU (tensors and plain data only: ``weights_only=True``)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .ckpt file from a run's checkpoints/ folder")
+        raise CheckpointError(f"checkpoint {path} does not exist; "
+                              "pass the path of a .ckpt file from a run's checkpoints/ folder")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, not a torch file, pickled code: all unusable here

@@ -93,16 +93,23 @@ class LightningGenCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """A W&B run without a group joins its model family's (``vae``, ``gan``, ...): dashboards compare by it."""
+        """A W&B run without a group joins its model family's (``vae``, ``gan``, ...): dashboards compare by it.
+        A TensorBoard logger without a name takes the experiment's (the CSV logger's name, else the family):
+        ``runs/tensorboard/<experiment>/version_N`` beside the run folder ``runs/<experiment>/version_M``."""
         config = self.config.get(str(self.subcommand), self.config)
         model, loggers = config.get("model"), config.get("trainer.logger")
         if not isinstance(model, Namespace) or not model.get("class_path"):
             return
         family = model.class_path.rsplit(".", 1)[-1].lower()  # VAE -> vae, PixelCNN -> pixelcnn
-        for logger in loggers if isinstance(loggers, list) else [loggers]:
-            if (isinstance(logger, Namespace) and logger.get("class_path", "").endswith(".WandbLogger")
-                    and not logger.get("init_args.group")):
+        loggers = [logger for logger in (loggers if isinstance(loggers, list) else [loggers])
+                   if isinstance(logger, Namespace) and logger.get("class_path")]
+        experiment = next((logger.init_args.name for logger in loggers
+                           if logger.class_path.endswith(".CSVLogger") and logger.get("init_args.name")), family)
+        for logger in loggers:
+            if logger.class_path.endswith(".WandbLogger") and not logger.get("init_args.group"):
                 logger.init_args.group = family
+            if logger.class_path.endswith(".TensorBoardLogger") and not logger.get("init_args.name"):
+                logger.init_args.name = experiment
 
     def instantiate_classes(self) -> None:
         """Build data, model, callbacks, loggers and trainer; a value they refuse is one message naming it."""

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from lightning_gen.boundary import check_output_folder
 from lightning_gen.callbacks.checkpoint import keep_last_checkpoint_current
+from lightning_gen.callbacks.progress import progress_enabled
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
@@ -99,8 +100,8 @@ def save_scatter(points: torch.Tensor, path: Path) -> None:
 
 
 GRID_SAMPLES = 64  # samples.png shows this many; samples.npz holds all
-# what `evaluate` and `sample` use of the Trainer: its device
-SHOWN_TRAINER_OPTIONS = {"trainer.accelerator", "trainer.devices"}
+# what `evaluate` and `sample` use of the Trainer: its device, and whether they draw progress bars
+SHOWN_TRAINER_OPTIONS = {"trainer.accelerator", "trainer.devices", "trainer.enable_progress_bar"}
 
 
 def hide_unused_options(parser) -> None:
@@ -176,7 +177,8 @@ class LightningGenTrainer(Trainer):
         check_output_folder(Path(ckpt_path).parent, "metrics.json is written beside --ckpt_path, in",
                             fix="evaluate a copy of the checkpoint in a writable folder")
         if datamodule is None:
-            raise LightningGenError("`evaluate` needs the real data: pass --config or --data, or a checkpoint that records it")
+            raise LightningGenError("`evaluate` needs the real data: pass --config or --data, "
+                                    "or a checkpoint that records it")
         if metrics is None and len(model.data_shape) == 1:  # points of a toy mixture: no image features
             names = ["mode_coverage"]
         elif metrics is None:
@@ -185,7 +187,8 @@ class LightningGenTrainer(Trainer):
             names = parse_metric_names(metrics)
         settings = EvaluationSettings(metrics=names, num_samples=num_samples, split=split, max_real=max_real,
                                       features=features, features_weights=features_weights, seed=seed,
-                                      batch_size=batch_size, importance_samples=importance_samples)
+                                      batch_size=batch_size, importance_samples=importance_samples,
+                                      progress=progress_enabled(self))
         model.to(self.strategy.root_device)
         results = evaluate_model(model, datamodule, settings, self.strategy.root_device)
         path = write_metrics_json(ckpt_path, results, settings)
@@ -221,9 +224,10 @@ class LightningGenTrainer(Trainer):
         model.to(device).eval()
         generator = torch.Generator(device=device).manual_seed(seed)
         batches = []
+        show = progress_enabled(self)  # --trainer.enable_progress_bar false: no bar at all
         # models that sample step by step (PixelCNN: row by row) show their own progress within a batch
-        stepwise = {"progress": True} if "progress" in inspect.signature(model.sample).parameters else {}
-        with tqdm(total=num_samples, desc="sampling") as bar:
+        stepwise = {"progress": show} if "progress" in inspect.signature(model.sample).parameters else {}
+        with tqdm(total=num_samples, desc="sampling", disable=not show) as bar:
             while sum(len(b) for b in batches) < num_samples:
                 n = min(batch_size, num_samples - sum(len(b) for b in batches))
                 batches.append(model.sample(n, generator=generator, **stepwise).cpu())

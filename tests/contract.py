@@ -14,9 +14,9 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
+from conftest import CONFIGS
 from torch.utils.data import DataLoader, TensorDataset
 
-from conftest import CONFIGS
 from lightning_gen.cli import main
 from lightning_gen.errors import CheckpointError
 from lightning_gen.metrics.registry import SAMPLE_METRICS

@@ -45,5 +45,6 @@ class RankProbe(pl.Callback):
         parameters = {name: _digest(value) for name, value in pl_module.named_parameters()}
         self.record.update(rank=trainer.global_rank, world_size=trainer.world_size, parameters=parameters,
                            global_step=trainer.global_step,
-                           callback_metrics={k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+                           callback_metrics={k: float(v) for k, v in trainer.callback_metrics.items()
+                                             if v.numel() == 1})
         self._write(trainer, "fit", self.record)

@@ -1,10 +1,9 @@
 """AE and VAE: the shared contract, plus what is particular to each."""
 
 import torch
-
 from contract import GenerativeModelContract, fake_image_batches
-from lightning_gen.models import AE, VAE
 
+from lightning_gen.models import AE, VAE
 
 VAE_TEST_METRICS = ("test/elbo", "test/nll_bpd", "test/recon", "test/kl")
 PREDICTIONS = ("z", "reconstruction")
@@ -78,9 +77,10 @@ def test_ae_samples_from_the_gaussian_fitted_to_its_training_codes(tmp_path):
 
 
 def test_vae_reports_the_true_elbo_at_validation_while_training_is_warmed_up(tmp_path):
+    import csv
+
     import lightning.pytorch as pl
     from lightning.pytorch.loggers import CSVLogger
-    import csv
 
     model = VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32, kl_warmup_steps=4, beta=2.0)
     loader = fake_image_batches((1, 28, 28), n=64, batch_size=16)

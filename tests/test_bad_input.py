@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import CONFIGS, FMNIST_DIR, write_idx
 from PIL import Image
 
-from conftest import CONFIGS, FMNIST_DIR, write_idx
 from lightning_gen.checkpoints import FORMAT_KEY
 from lightning_gen.cli import main
 from lightning_gen.data import FashionMNISTDataModule, ToyMixtureDataModule
@@ -93,14 +93,16 @@ def _cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
                                ["val_fraction must be in (0, 1)", "1.5"]),
         "unknown model class": (["fit", "--config", VAE_CONFIG, "--model", "lightning_gen.models.DiffusionModel"],
                                 ["lightning_gen.models.DiffusionModel", "has no attribute"]),
-        "config file that does not exist": (["fit", "--config", str(inputs / "vae.yml")], ["vae.yml", "does not exist"]),
-        "image shape the model cannot take": (["fit", "--config", GAN_CONFIG, *folder_data, str(inputs / "thirty_pixels"),
-                                               "--data.init_args.image_size", "30"],
+        "config file that does not exist": (["fit", "--config", str(inputs / "vae.yml")],
+                                            ["vae.yml", "does not exist"]),
+        "image shape the model cannot take": (["fit", "--config", GAN_CONFIG, *folder_data,
+                                               str(inputs / "thirty_pixels"), "--data.init_args.image_size", "30"],
                                               ["30x30", "divisible by 4", "--data.init_args.image_size 32"]),
         # data
         "data folder that does not exist": (["fit", "--config", VAE_CONFIG, "--data.init_args.data_dir",
                                              str(inputs / "fashion")], ["fashion", "$LIGHTNING_GEN_DATA"]),
-        "truncated data file": (["fit", "--config", VAE_CONFIG, "--data.init_args.data_dir", str(inputs / "cut_fmnist")],
+        "truncated data file": (["fit", "--config", VAE_CONFIG, "--data.init_args.data_dir",
+                                 str(inputs / "cut_fmnist")],
                                 ["train-images-idx3-ubyte", "truncated"]),
         "empty image folder": (["fit", "--config", GAN_CONFIG, *folder_data, str(inputs / "empty_folder")],
                                ["empty_folder", "holds no"]),
@@ -112,15 +114,18 @@ def _cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
                                                ["lightning_gen.models.autoencoder.VAE", "AE"]),
         "checkpoint that does not exist": (["sample", "--ckpt_path", str(inputs / "gone.ckpt")],
                                            ["gone.ckpt", "does not exist"]),
-        "text file named .ckpt": (["evaluate", "--ckpt_path", str(inputs / "notes.ckpt")], ["notes.ckpt", "cannot be read"]),
+        "text file named .ckpt": (["evaluate", "--ckpt_path", str(inputs / "notes.ckpt")],
+                                  ["notes.ckpt", "cannot be read"]),
         "truncated checkpoint": (["fit", "--config", VAE_CONFIG, "--ckpt_path", str(inputs / "truncated.ckpt")],
                                  ["truncated.ckpt", "corrupt"]),
         "checkpoint of a newer format": (["sample", "--ckpt_path", str(inputs / "from_the_future.ckpt")],
                                          ["from_the_future.ckpt", "format 99", "Upgrade lightning-gen"]),
         # evaluation and sampling requests
-        "num_samples of zero": (["sample", "--ckpt_path", vae, "--num_samples", "0"], ["num_samples must be at least 1"]),
+        "num_samples of zero": (["sample", "--ckpt_path", vae, "--num_samples", "0"],
+                                ["num_samples must be at least 1"]),
         "negative num_samples": (["evaluate", "--ckpt_path", vae, "--num_samples", "-5"], ["num_samples", "-5"]),
-        "unknown metric": (["evaluate", "--ckpt_path", vae, "--metrics", "fid,sharpness"], ["sharpness", "unknown metric"]),
+        "unknown metric": (["evaluate", "--ckpt_path", vae, "--metrics", "fid,sharpness"],
+                           ["sharpness", "unknown metric"]),
         "likelihood metric of a GAN": (["evaluate", "--ckpt_path", gan, "--metrics", "nll_bpd"], ["nll_bpd", "GAN"]),
         "Inception weights that do not exist": (["evaluate", "--ckpt_path", vae, "--metrics", "fid", "--features",
                                                  "inception", "--features_weights", str(inputs / "inception.pth")],
@@ -129,7 +134,8 @@ def _cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
                                                   "inception", "--features_weights", str(inputs / "not_inception.pth")],
                                                  ["not_inception.pth", "does not hold the FID Inception-v3 network"]),
         # run folders
-        "run folder under a file": (["fit", "--config", VAE_CONFIG, "--trainer.default_root_dir", str(inputs / "a_file/runs"),
+        "run folder under a file": (["fit", "--config", VAE_CONFIG,
+                                     "--trainer.default_root_dir", str(inputs / "a_file/runs"),
                                      "--trainer.logger.init_args.save_dir", str(inputs / "a_file/runs")],
                                     ["a_file", "is a file", "--trainer.default_root_dir"]),
         **_rejected_values(root),

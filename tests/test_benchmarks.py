@@ -34,7 +34,8 @@ def test_every_benchmark_runs_in_quick_mode_and_lands_on_the_page(tmp_path):
     assert _file_state(DEFAULT_RESULTS) == quality_results, "--quick must not append to the repository's results"
 
 
-def _record(contender: str, setting: str, seed: int, fid: float, minutes: float = 5.0, digest: str | None = None) -> dict:
+def _record(contender: str, setting: str, seed: int, fid: float, minutes: float = 5.0,
+            digest: str | None = None) -> dict:
     digest = digest or config_digest("gan")  # the config file as it is now, unless told otherwise
     return {"family": "gan", "contender": contender, "setting": setting, "description": f"setting {setting}",
             **({"config_digest": digest} if contender == "lightning-gen" else {}),

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
-
 from conftest import CONFIGS, REPO
 from contract import file_digests
+from PIL import Image
+
 from lightning_gen.cli import LightningGenCLI, main
 from lightning_gen.models import AE, VAE
 

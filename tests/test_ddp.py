@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import CONFIGS, REPO
 
 FAMILIES = ["ae_fmnist", "vae_fmnist", "gan_fmnist", "pixelcnn_fmnist"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import FMNIST_DIR
 from image_bank import ImageBankModel
+
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.metrics import EvaluationSettings, evaluate_model
 from lightning_gen.metrics.registry import samples_per_rank
@@ -38,7 +38,8 @@ def _evaluate(cache_dir: str) -> dict[str, float]:
     pool = data.split_dataloader("train").dataset
     bank = torch.stack([pool[i][0] for i in range(NUM_SAMPLES)])
     settings = EvaluationSettings(metrics=["fid", "kid", "precision_recall"], num_samples=NUM_SAMPLES, split="test",
-                                  max_real=500, cache_dir=cache_dir, batch_size=100, kid_subset_size=200, progress=False)
+                                  max_real=500, cache_dir=cache_dir, batch_size=100, kid_subset_size=200,
+                                  progress=False)
     results = evaluate_model(ShardedImageBank(bank), data, settings, "cpu")
     vae = VAE(latent_dim=4, channels=8, hidden=32, test_importance_samples=5)
     likelihood = EvaluationSettings(metrics=["nll_bpd", "elbo"], split="test", max_real=450, batch_size=100,

@@ -8,13 +8,12 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.loggers import CSVLogger
+from test_pictures import SampleOnlyModel
 
 from lightning_gen.callbacks import EvaluationCallback
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.metrics import MetricError
 from lightning_gen.models import VAE
-
-from test_pictures import SampleOnlyModel
 
 
 def _trainer(tmp_path, callback, **kwargs):
@@ -85,8 +84,9 @@ def test_training_is_identical_with_and_without_evaluation(fmnist_dir, tmp_path)
         data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=400, batch_size=50)
         model = VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32, val_importance_samples=1)
         callbacks = [EvaluationCallback(num_samples=100, cache_dir=str(tmp_path / "cache"))] if with_evaluation else []
-        trainer = pl.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, callbacks=callbacks, enable_progress_bar=False,
-                             enable_checkpointing=False, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer = pl.Trainer(max_epochs=2, logger=False, default_root_dir=tmp_path, callbacks=callbacks,
+                             enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False,
+                             num_sanity_val_steps=0)
         trainer.fit(model, datamodule=data)
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 

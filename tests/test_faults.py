@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-
 from conftest import CONFIGS, REPO
+
 from lightning_gen.checkpoints import read_checkpoint
 from lightning_gen.cli import main
 from lightning_gen.faults import KILL_AT_VARIABLE
@@ -89,7 +89,8 @@ def test_sigkill_at_the_worst_moments_loses_nothing_and_the_run_resumes(tmp_path
     # killed while writing the second epoch's best checkpoint: the first epoch's best and last remain;
     # killed before moving the second epoch's last.ckpt into place: its best (top-1, so the first
     # epoch's best is gone) and the first epoch's last.ckpt remain
-    expected_steps = [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH] if point == "checkpoint_before_rename" else [STEPS_PER_EPOCH] * 2
+    expected_steps = ([STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH] if point == "checkpoint_before_rename"
+                      else [STEPS_PER_EPOCH] * 2)
     assert sorted(c["global_step"] for c in saved.values()) == expected_steps
     if point.startswith("checkpoint"):  # the kill did land inside a save, and left only a hidden partial
         assert len(partials) == 1 and not partials[0].name.endswith(".ckpt")

@@ -12,11 +12,17 @@ import pytest
 import torch
 import torch_fidelity
 import torch_fidelity.feature_extractor_inceptionv3 as fidelity_inception
+from image_bank import ImageBankModel
 from torchmetrics.image.fid import FrechetInceptionDistance
 
-from image_bank import ImageBankModel
 from lightning_gen.data.base import SplitDataModule, TensorImages
-from lightning_gen.metrics import ClassifierFeatures, EvaluationSettings, FeatureError, InceptionFeatures, evaluate_model
+from lightning_gen.metrics import (
+    ClassifierFeatures,
+    EvaluationSettings,
+    FeatureError,
+    InceptionFeatures,
+    evaluate_model,
+)
 from lightning_gen.metrics import features as features_module
 from lightning_gen.metrics.features import INCEPTION_ENV, INCEPTION_URL, feature_extractor_class
 
@@ -143,7 +149,8 @@ def test_tampered_classifier_weights_are_refused(tmp_path):
     state = torch.load(features_module.WEIGHTS_DIR / "fmnist_classifier.pt", weights_only=True)
     state["head.1.bias"] += 1
     torch.save(state, weights)
-    (tmp_path / "fmnist_classifier.json").write_text((features_module.WEIGHTS_DIR / "fmnist_classifier.json").read_text())
+    (tmp_path / "fmnist_classifier.json").write_text(
+        (features_module.WEIGHTS_DIR / "fmnist_classifier.json").read_text())
     with pytest.raises(FeatureError, match="SHA-256"):
         ClassifierFeatures(str(weights))
 

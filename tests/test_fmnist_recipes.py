@@ -15,8 +15,8 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import CONFIGS
+
 from lightning_gen.cli import LightningGenCLI
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.metrics import EvaluationSettings, evaluate_model

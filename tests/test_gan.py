@@ -8,16 +8,15 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-
 from conftest import CONFIGS
 from contract import GenerativeModelContract, check_every_command
+from lightning.pytorch.callbacks import ModelCheckpoint
+
 from lightning_gen.cli import main
 from lightning_gen.data import ToyMixtureDataModule
 from lightning_gen.errors import DivergenceError
 from lightning_gen.losses.gan import OBJECTIVES, build_objective, gradient_penalty, minimax_value, r1_penalty
 from lightning_gen.models import GAN, VAE
-
 
 GAN_TEST_METRICS = ("test/value", "test/d_real", "test/d_fake")
 
@@ -181,7 +180,8 @@ def test_divergence_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_
         trainer.fit(model, datamodule=data)
     assert "d_loss=nan" in str(error.value) and str(tmp_path / "last.ckpt") in str(error.value)
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
-    assert saved["epoch"] == 0 and all(torch.isfinite(v).all() for v in saved["state_dict"].values() if v.is_floating_point())
+    assert saved["epoch"] == 0 and all(torch.isfinite(v).all() for v in saved["state_dict"].values()
+                                       if v.is_floating_point())
 
 
 def test_fit_test_validate_and_predict_of_a_toy_gan_through_the_command_line(in_tmp_dir, monkeypatch, capsys):

@@ -12,8 +12,8 @@ import time
 import lightning.pytorch as pl
 import torch
 import yaml
-
 from conftest import CONFIGS
+
 from lightning_gen.checkpoints import read_checkpoint
 from lightning_gen.cli import LightningGenCLI
 

@@ -8,9 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from image_bank import ImageBankModel
 from torchvision.transforms.v2.functional import gaussian_blur
 
-from image_bank import ImageBankModel
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.metrics import EvaluationSettings, MetricError, PrecisionRecall, evaluate_model
 from lightning_gen.metrics.features import ClassifierFeatures
@@ -133,7 +133,8 @@ class UniformModel(GenerativeModule):
 
 def test_nll_bpd_converts_nats_per_image_to_bits_per_dim(fmnist, tmp_path):
     data, _, _ = fmnist
-    settings = EvaluationSettings(metrics=["nll_bpd"], split="test", max_real=300, cache_dir=str(tmp_path), progress=False)
+    settings = EvaluationSettings(metrics=["nll_bpd"], split="test", max_real=300, cache_dir=str(tmp_path),
+                                  progress=False)
     (result,) = evaluate_model(UniformModel(), data, settings, "cpu")
     assert result.name == "nll_bpd" and result.value == pytest.approx(8.0, abs=1e-9)
     assert result.protocol["num_images"] == 300

@@ -12,11 +12,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
-from lightning_gen.packaged_configs import packaged_configs, resolve_config, resolve_config_options
+
 from lightning_gen.cli import fixable_error
 from lightning_gen.errors import ConfigValueError
+from lightning_gen.packaged_configs import packaged_configs, resolve_config, resolve_config_options
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +98,8 @@ def test_paths_stay_paths_and_names_resolve_to_the_package(tmp_path, monkeypatch
 
 def test_a_missing_optional_part_names_the_extra_that_installs_it():
     for error in (ModuleNotFoundError("No module named 'wandb_workspaces'", name="wandb_workspaces"),
-                  ModuleNotFoundError("Requirement 'wandb>=0.12.10' not met. HINT: Try running `pip install -U wandb`")):
+                  ModuleNotFoundError("Requirement 'wandb>=0.12.10' not met. "
+                                      "HINT: Try running `pip install -U wandb`")):
         wrapped = RuntimeError("jsonargparse could not build the logger")
         wrapped.__cause__ = error
         assert "pip install 'lightning-gen[wandb]'" in str(fixable_error(wrapped))

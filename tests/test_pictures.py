@@ -7,10 +7,10 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from contract import fake_image_batches
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from PIL import Image
 
-from contract import fake_image_batches
 from lightning_gen.callbacks import PictureLogger
 from lightning_gen.models import GAN, VAE
 from lightning_gen.models.base import GenerativeModule

@@ -14,16 +14,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import CONFIGS
 from contract import GenerativeModelContract
+
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.data.pixels import NUM_LEVELS
 from lightning_gen.losses.autoregressive import CategoricalPixels, DiscretizedLogisticMixture
 from lightning_gen.models import VAE, PixelCNN
 from lightning_gen.nets.masked import CausalConv2d
 from lightning_gen.nets.pixelcnn import ClassicPixelCNN, GatedPixelCNN
-
 
 PIXELCNN_TEST_METRICS, PIXELCNN_PREDICTIONS = ("test/nll", "test/nll_bpd"), ("nll", "nll_bpd")
 

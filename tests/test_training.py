@@ -57,7 +57,8 @@ def _image_folder(tmp_path, grayscale: bool, size: int):
 
 
 DATAMODULES = {
-    "fmnist": lambda tmp_path, fmnist_dir, idx: FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=64, batch_size=16),
+    "fmnist": lambda tmp_path, fmnist_dir, idx: FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=64,
+                                                                       batch_size=16),
     "mnist": lambda tmp_path, fmnist_dir, idx: MNISTDataModule(data_dir=str(idx), batch_size=16),
     "folder_rgb32": lambda tmp_path, fmnist_dir, idx: _image_folder(tmp_path, grayscale=False, size=32),
     "folder_gray28": lambda tmp_path, fmnist_dir, idx: _image_folder(tmp_path, grayscale=True, size=28),

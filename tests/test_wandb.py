@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import CONFIGS
 from PIL import Image
 
-from conftest import CONFIGS
 from lightning_gen.cli import LightningGenCLI
 
 SNIPPET = CONFIGS / "logger" / "wandb.yaml"

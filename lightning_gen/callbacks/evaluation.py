@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import lightning.pytorch as pl
 
+from lightning_gen.callbacks.progress import inner_progress_enabled
 from lightning_gen.errors import ConfigValueError
 from lightning_gen.faults import kill_point
 from lightning_gen.metrics.registry import (
@@ -89,7 +90,7 @@ class EvaluationCallback(pl.Callback):
         self._evaluate(trainer, pl_module, "test", replace(self.settings, split="test"))
 
     def _evaluate(self, trainer, pl_module, stage: str, settings: EvaluationSettings) -> None:
-        settings = replace(settings, progress=trainer.is_global_zero and bool(trainer.progress_bar_callback))
+        settings = replace(settings, progress=inner_progress_enabled(trainer))
         results = evaluate_model(pl_module, trainer.datamodule, settings, pl_module.device)
         kill_point("evaluation")
         for result in results:

@@ -8,7 +8,6 @@ and also handed to each logger that can show images: ``log_image`` (W&B) or
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -16,8 +15,8 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
-from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.base import batch_images
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.faults import kill_point
 from lightning_gen.models.base import has_surface
 from lightning_gen.runs import run_folder, writing

@@ -3,9 +3,9 @@
 from lightning_gen.data.base import SplitDataModule, TensorImages
 from lightning_gen.data.cifar import CIFAR10DataModule
 from lightning_gen.data.folder import ImageFolderDataModule
-from lightning_gen.errors import DatasetFileError
 from lightning_gen.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from lightning_gen.data.toy import ToyMixtureDataModule
+from lightning_gen.errors import DatasetFileError
 
 __all__ = [
     "CIFAR10DataModule",

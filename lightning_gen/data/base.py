@@ -15,6 +15,7 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_gen.data.resident import EpochShards, ResidentLoader, resident_tensors
 from lightning_gen.errors import ConfigValueError, check_range
 
 
@@ -55,6 +56,9 @@ class SplitDataModule(pl.LightningDataModule):
         split_seed: seed of the train/val permutation; the same seed gives the same split everywhere.
         subset: keep only the first N images of the train set (before the split) and of the test
             set; ``None`` keeps all. For tests and smoke runs.
+        device_resident: keep the whole train split on the training device and draw shuffled batches
+            from it by index (``data.resident``): no workers, no collation, no copy per batch. For data
+            that fits in memory; needs ``num_workers`` 0. Validation and test stay DataLoaders.
     """
 
     data_shape: tuple[int, ...]
@@ -69,6 +73,7 @@ class SplitDataModule(pl.LightningDataModule):
         split_seed: int = 0,
         subset: int | None = None,
         eval_batch_size: int | None = None,
+        device_resident: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()  # with the subclass's arguments: lets `evaluate` rebuild it from a checkpoint
@@ -77,6 +82,12 @@ class SplitDataModule(pl.LightningDataModule):
         check_range(at_least=0, num_workers=num_workers)
         if subset is not None and subset < 2:
             raise ConfigValueError(f"subset must be at least 2 (one train and one val sample), got {subset}")
+        if device_resident and num_workers > 0:
+            raise ConfigValueError(
+                f"device_resident true draws training batches in the training process itself, so num_workers "
+                f"({num_workers}) would only start idle processes: set `--data.init_args.num_workers 0`, or "
+                "`--data.init_args.device_resident false` to load batches in DataLoader workers"
+            )
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size or batch_size
         self.num_workers = num_workers
@@ -84,6 +95,9 @@ class SplitDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.subset = subset
+        self.device_resident = device_resident
+        self.shuffle_seed: int | None = None  # of the resident loader's epoch permutations, taken at setup
+        self._resident: tuple[torch.Tensor, torch.Tensor, bool] | None = None
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -107,6 +121,9 @@ class SplitDataModule(pl.LightningDataModule):
             pool = self._first(self._load(train=True))
             train_idx, val_idx = self.split_indices(len(pool))
             self.train_set, self.val_set = Subset(pool, train_idx), Subset(pool, val_idx)
+            # the seed `seed_everything` set, whatever was drawn since; a resumed fit restores the RNG's
+            # state from its checkpoint only after setup, so both runs get the same seed here
+            self.shuffle_seed = torch.initial_seed()
         if stage in ("test", "predict", None) and self.test_set is None:
             self.test_set = self._first(self._load(train=False))
 
@@ -121,8 +138,26 @@ class SplitDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | ResidentLoader:
+        if self.device_resident:
+            return self._resident_loader()
         return self._loader(self.train_set, shuffle=True, batch_size=self.batch_size)
+
+    def _resident_loader(self) -> ResidentLoader:
+        """The train split on the trainer's device (the CPU without a trainer), sharded by rank like
+        Lightning's ``DistributedSampler``, which Lightning inserts into real DataLoaders only."""
+        assert self.train_set is not None and self.shuffle_seed is not None, "setup('fit') has not been called"
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        seed = self.shuffle_seed
+        if world_size > 1:  # every rank cuts the same permutation, even where the processes were not seeded alike
+            seed = trainer.strategy.broadcast(seed, src=0)
+        # built here, not in setup: the launcher runs setup before the trainer (and so the device) is attached
+        if self._resident is None or self._resident[0].device != device:
+            self._resident = resident_tensors(self.train_set, device)
+        sampler = EpochShards(len(self.train_set), seed, rank, world_size)
+        return ResidentLoader(*self._resident, batch_size=self.batch_size, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_set, shuffle=False, batch_size=self.eval_batch_size)

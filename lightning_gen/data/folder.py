@@ -11,6 +11,7 @@ from torchvision.transforms import v2
 from tqdm import tqdm
 
 from lightning_gen.data.base import SplitDataModule, resolve_data_dir
+from lightning_gen.data.pixels import from_uint8_levels
 from lightning_gen.errors import DatasetFileError, check_range
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -27,9 +28,8 @@ class ImageFiles(Dataset):
                 v2.PILToTensor(),
                 v2.Resize(image_size, antialias=True),  # shorter side to image_size
                 v2.CenterCrop(image_size),
-                v2.ToDtype(torch.float32, scale=True),  # uint8 -> [0, 1]
             ]
-        )
+        )  # uint8 levels; __getitem__ scales them exactly to k / 255 (v2.ToDtype's scaling is off by an ulp)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -41,7 +41,7 @@ class ImageFiles(Dataset):
                 image = image.convert(self.mode)
         except (UnidentifiedImageError, OSError) as error:
             raise DatasetFileError(f"cannot decode image {path}: {error}. Remove or replace the file.") from error
-        return self.transform(image), self.labels[index]
+        return from_uint8_levels(self.transform(image)), self.labels[index]
 
 
 class ImageFolderDataModule(SplitDataModule):

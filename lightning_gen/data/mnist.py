@@ -90,7 +90,8 @@ class FashionMNISTDataModule(_IdxDataModule):
 
     torchvision_name = "FashionMNIST"
     default_dir = "/usr/share/datasets/fashion-mnist"
-    apt_hint = "install Debian's files with `apt-get install dataset-fashion-mnist` (they go to /usr/share/datasets/fashion-mnist), "
+    apt_hint = ("install Debian's files with `apt-get install dataset-fashion-mnist` "
+                "(they go to /usr/share/datasets/fashion-mnist), ")
 
 
 class MNISTDataModule(_IdxDataModule):

@@ -11,8 +11,8 @@ import math
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.data.base import SplitDataModule
+from lightning_gen.errors import ConfigValueError, check_range
 
 MIXTURES = ("ring8", "grid25")
 

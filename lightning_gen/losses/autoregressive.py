@@ -9,7 +9,8 @@ numbers for every pixel, and a distribution here turns them into
 
 ``groups`` says how a pixel is generated: the categorical distribution samples one channel at a time
 (R, then G given R, then B given R and G: the network masks its channels accordingly), the mixture
-samples all channels of a pixel at once and couples them itself.
+samples all channels of a pixel at once and couples them itself. Both compute in float32 whatever the
+network's precision (``float32_region``: a 256-way log-softmax loses its bits in bfloat16).
 """
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.pixels import NUM_LEVELS, from_uint8_levels, to_uint8_levels
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.losses.likelihoods import discretized_logistic_log_prob
+from lightning_gen.losses.precision import float32_region
 
 
 def inverse_cdf_sample(probabilities: Tensor, uniform: Tensor) -> Tensor:
@@ -59,6 +61,7 @@ class CategoricalPixels(PixelDistribution):
         self.groups = channels
         self.noise_per_pixel = channels
 
+    @float32_region
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         n, _, height, width = params.shape
         logits = params.view(n, self.channels, NUM_LEVELS, height, width)
@@ -66,6 +69,7 @@ class CategoricalPixels(PixelDistribution):
         chosen = log_probs.gather(2, to_uint8_levels(x).unsqueeze(2)).squeeze(2)  # (N, C, H, W)
         return chosen.flatten(1).sum(1)
 
+    @float32_region
     def sample_pixel(self, params: Tensor, noise: Tensor, group: int) -> Tensor:
         logits = params.view(len(params), self.channels, NUM_LEVELS)[:, group]
         level = inverse_cdf_sample(torch.softmax(logits, dim=1), noise[:, group])
@@ -96,7 +100,8 @@ class DiscretizedLogisticMixture(PixelDistribution):
         self.noise_per_pixel = 1 + channels  # the component, then one logistic draw per channel
 
     def _split(self, params: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """-> logits (N, M, ...), means (N, M, C, ...), log scales (N, M, C, ...), coefficients (N, M, C(C-1)/2, ...)."""
+        """-> logits (N, M, ...), means (N, M, C, ...), log scales (N, M, C, ...),
+        coefficients (N, M, C(C-1)/2, ...)."""
         m, c = self.components, self.channels
         rest = params.shape[2:]
         logits, means, log_scales, coefficients = params.split([m, m * c, m * c, m * self.num_coefficients], dim=1)
@@ -112,6 +117,7 @@ class DiscretizedLogisticMixture(PixelDistribution):
             mean = mean + coefficients[:, :, first + earlier] * x[:, earlier].unsqueeze(1)
         return mean
 
+    @float32_region
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         logits, means, log_scales, coefficients = self._split(params)
         levels = to_uint8_levels(x)
@@ -124,10 +130,11 @@ class DiscretizedLogisticMixture(PixelDistribution):
         log_mixture = torch.logsumexp(F.log_softmax(logits, dim=1) + torch.stack(per_channel).sum(0), dim=1)
         return log_mixture.flatten(1).sum(1)
 
+    @float32_region
     def sample_pixel(self, params: Tensor, noise: Tensor, group: int) -> Tensor:
         logits, means, log_scales, coefficients = self._split(params)
         component = inverse_cdf_sample(torch.softmax(logits, dim=1), noise[:, 0])
-        pick = lambda t: t[torch.arange(len(t)), component]  # noqa: E731  (N, M, K) -> (N, K)
+        pick = lambda t: t[torch.arange(len(t), device=t.device), component]  # noqa: E731  (N, M, K) -> (N, K)
         means, log_scales, coefficients = pick(means), pick(log_scales), pick(coefficients)
         values = torch.zeros(len(params), self.channels, device=params.device, dtype=params.dtype)
         for c in range(self.channels):

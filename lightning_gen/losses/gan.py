@@ -1,7 +1,9 @@
 """GAN objectives. D outputs an unnormalised score s; for the probabilistic objectives D(x) = sigmoid(s).
 
 Each objective gives the discriminator's loss (minimised by D) and the generator's loss (minimised
-by G) from the scores of a real batch ``real`` ``[N]`` and a generated batch ``fake`` ``[M]``.
+by G) from the scores of a real batch ``real`` ``[N]`` and a generated batch ``fake`` ``[M]``, computed in
+float32 whatever D's precision (``float32_region``). The penalties on D's input gradient take the AMP
+grad scaler of ``16-mixed`` (``input_gradient``).
 """
 
 from __future__ import annotations
@@ -11,10 +13,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from lightning_gen.errors import ConfigValueError
+from lightning_gen.losses.precision import float32_region, to_float32
 
 
 class GANObjective:
     name: str
+
+    def __init_subclass__(cls, **kwargs):
+        # every objective's losses are log-probabilities or margins of D's scores: computed in float32
+        super().__init_subclass__(**kwargs)
+        for method in ("discriminator_loss", "generator_loss"):
+            if method in vars(cls):
+                setattr(cls, method, float32_region(vars(cls)[method]))
 
     def discriminator_loss(self, real: Tensor, fake: Tensor) -> Tensor:
         raise NotImplementedError
@@ -23,6 +33,7 @@ class GANObjective:
         raise NotImplementedError
 
 
+@float32_region
 def minimax_value(real: Tensor, fake: Tensor) -> Tensor:
     """V(D, G) = E_x[log D(x)] + E_z[log(1 - D(G(z)))], with log D = logsigmoid(s) and
     log(1 - D) = logsigmoid(-s). D maximises it, G minimises it (Goodfellow et al. 2014)."""
@@ -99,17 +110,40 @@ def build_objective(name: str) -> GANObjective:
     return OBJECTIVES[name]()
 
 
-def gradient_penalty(discriminator, real: Tensor, fake: Tensor, generator: torch.Generator | None = None) -> Tensor:
-    """WGAN-GP: E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat = t x + (1 - t) G(z), t ~ U[0, 1] per sample."""
+def input_gradient(discriminator, x: Tensor, scaler=None) -> Tensor:
+    """grad_x sum_i D(x_i), shaped and typed like ``x`` (float32 in training), with its graph kept so that
+    a penalty on it trains D (each score depends on its own input only: D has no batch norm under a penalty).
+
+    ``scaler``: the AMP grad scaler of ``16-mixed`` (None otherwise). float16 gradients of small
+    magnitude underflow, so the backward pass runs on the scaled mean score, s/N per sample (the
+    magnitude the scaler calibrates on the mean losses), and the result is multiplied by N/s in float32
+    (PyTorch's AMP recipe for gradient penalties). If the scaled pass overflows, the gradient and the
+    penalty are not finite; the training backward carries that into D's weight gradients, and the scaler
+    skips the step and lowers its scale (``GenerativeModule.guard_finite``'s ``gradient_terms``).
+    """
+    scores = to_float32(discriminator(x))  # (N,)
+    if scaler is None:
+        (grad,) = torch.autograd.grad(scores.sum(), x, create_graph=True)
+        return to_float32(grad)
+    (scaled,) = torch.autograd.grad(scaler.scale(scores.mean()), x, create_graph=True)
+    # the scale as a tensor on x's device (scaler.scale of a one): unlike get_scale(), no device sync
+    scale = scaler.scale(torch.ones((), device=x.device))
+    return to_float32(scaled) * (scores.numel() / scale)
+
+
+def gradient_penalty(discriminator, real: Tensor, fake: Tensor, generator: torch.Generator | None = None,
+                     scaler=None) -> Tensor:
+    """WGAN-GP: E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat = t x + (1 - t) G(z), t ~ U[0, 1] per sample.
+    ``scaler``: the AMP grad scaler under ``16-mixed`` (``input_gradient``)."""
     shape = (len(real),) + (1,) * (real.dim() - 1)
     t = torch.rand(shape, generator=generator, device=real.device, dtype=real.dtype)
-    mixed = (t * real + (1 - t) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(mixed).sum(), mixed, create_graph=True)
+    mixed = (t * real + (1 - t) * fake).requires_grad_(True)  # real's dtype (a 16-bit fake is promoted)
+    grad = input_gradient(discriminator, mixed, scaler)
     return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
 
 
-def r1_penalty(discriminator, real: Tensor) -> Tensor:
-    """R1 (Mescheder et al. 2018): 1/2 E[||grad_x D(x)||^2] on real data (multiplied by gamma outside)."""
-    real = real.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(discriminator(real).sum(), real, create_graph=True)
+def r1_penalty(discriminator, real: Tensor, scaler=None) -> Tensor:
+    """R1 (Mescheder et al. 2018): 1/2 E[||grad_x D(x)||^2] on real data (multiplied by gamma outside).
+    ``scaler``: the AMP grad scaler under ``16-mixed`` (``input_gradient``)."""
+    grad = input_gradient(discriminator, real.detach().requires_grad_(True), scaler)
     return 0.5 * grad.flatten(1).pow(2).sum(dim=1).mean()

@@ -1,7 +1,8 @@
 """Pixel likelihoods p(x | params) for decoders. Each returns log-probabilities in nats per image.
 
 A likelihood owns the conversion of data into its support (``prepare``) so that a model never
-touches pixel ranges itself (pixel convention: ``lightning_gen.data.pixels``).
+touches pixel ranges itself (pixel convention: ``lightning_gen.data.pixels``). Log-probabilities and
+means are computed in float32 whatever the decoder's precision (``float32_region``: mixed precision).
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lightning_gen.errors import ConfigValueError
 from lightning_gen.data.pixels import NUM_LEVELS, binarize, from_uint8_levels, to_uint8_levels
+from lightning_gen.errors import ConfigValueError
+from lightning_gen.losses.precision import float32_region
 
 
 class PixelLikelihood:
@@ -52,10 +54,12 @@ class BernoulliLikelihood(PixelLikelihood):
     def prepare(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return binarize(x, self.binarization, generator)
 
+    @float32_region
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         # log Bernoulli(x; sigmoid(l)) = -BCE_with_logits(l, x)
         return -F.binary_cross_entropy_with_logits(params, x, reduction="none").flatten(1).sum(1)
 
+    @float32_region
     def mean(self, params: Tensor) -> Tensor:
         return torch.sigmoid(params)
 
@@ -75,10 +79,12 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
         mean, log_scale = params.chunk(2, dim=1)  # each (N, C, H, W)
         return mean, log_scale.clamp(min=self.min_log_scale)
 
+    @float32_region
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         mean, log_scale = self._split(params)
         return discretized_logistic_log_prob(to_uint8_levels(x), mean, log_scale).flatten(1).sum(1)
 
+    @float32_region
     def mean(self, params: Tensor) -> Tensor:
         """E[k / 255] of the discretised distribution, by summation by parts:
         E[k] = sum_{j=1}^{255} P(k >= j) = sum_j S((j - 1/2)/255), with S the logistic survival function."""
@@ -90,6 +96,7 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
         return expected_level / (NUM_LEVELS - 1)
 
 
+@float32_region
 def discretized_logistic_log_prob(levels: Tensor, mean: Tensor, log_scale: Tensor) -> Tensor:
     """log P(level) of a logistic(mean, exp(log_scale)) on the [0, 1] scale, integrated over the 8-bit
     bin of each level (elementwise, nats).

@@ -175,7 +175,8 @@ class InceptionFeatures(FeatureExtractor):
         return self.net(levels)
 
 
-FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {"inception": InceptionFeatures, "fmnist_clf": ClassifierFeatures}
+FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {"inception": InceptionFeatures,
+                                                         "fmnist_clf": ClassifierFeatures}
 
 
 def default_features(data_shape: tuple[int, ...]) -> str:
@@ -201,7 +202,8 @@ def feature_extractor_class(name: str) -> type[FeatureExtractor]:
 _BUILT: dict[tuple, FeatureExtractor] = {}
 
 
-def build_feature_extractor(name: str, weights_path: str | None = None, device: torch.device | str = "cpu") -> FeatureExtractor:
+def build_feature_extractor(name: str, weights_path: str | None = None,
+                            device: torch.device | str = "cpu") -> FeatureExtractor:
     """The extractor ``name`` on ``device``, built once per (name, weights, device) and then reused,
     so evaluation keeps it out of the model and its checkpoints."""
     key = (name, weights_path, str(device))

@@ -54,7 +54,8 @@ class PrecisionRecall(Metric):
     def compute(self) -> tuple[Tensor, Tensor]:
         real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
         if len(real) <= self.k or len(fake) <= self.k:
-            raise ConfigValueError(f"precision/recall with k={self.k} needs more than {self.k} real and generated samples")
+            raise ConfigValueError(f"precision/recall with k={self.k} needs more than {self.k} "
+                                   "real and generated samples")
         precision = share_inside_manifold(fake, real, kth_neighbour_radii(real, self.k))
         recall = share_inside_manifold(real, fake, kth_neighbour_radii(fake, self.k))
         return precision, recall

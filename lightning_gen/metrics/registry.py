@@ -11,7 +11,8 @@ Metrics (names as logged, with the feature extractor's name appended where featu
 | ``recall_<features>``   | ``sample``            | share of real images on the sample manifold, higher better |
 | ``nll_bpd``             | ``log_likelihood``    | bits per dimension, lower better                  |
 | ``elbo``                | ``elbo_terms``        | nats per image, higher better                     |
-| ``modes_covered``, ``high_quality_fraction`` (``mode_coverage``) | ``sample`` on a toy mixture | see ``mode_coverage.py`` |
+| ``modes_covered`` (``mode_coverage``)         | ``sample`` on a toy mixture | see ``mode_coverage.py`` |
+| ``high_quality_fraction`` (``mode_coverage``) | ``sample`` on a toy mixture | see ``mode_coverage.py`` |
 
 Every result carries its protocol (features and weights hash, real split and count, number of
 generated samples and their seed, estimator), so two numbers are compared only when protocols match.
@@ -35,10 +36,10 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
-from lightning_gen.errors import LightningGenError
-from lightning_gen.metrics.features import build_feature_extractor, default_features
 from lightning_gen.data.base import batch_images
 from lightning_gen.data.toy import mixture_means
+from lightning_gen.errors import LightningGenError
+from lightning_gen.metrics.features import build_feature_extractor, default_features
 from lightning_gen.metrics.mode_coverage import coverage_from_counts, high_quality_counts
 from lightning_gen.metrics.precision_recall import PrecisionRecall
 from lightning_gen.metrics.real_features import cached_real_features
@@ -214,7 +215,8 @@ def _sample_metrics(model, datamodule, settings: EvaluationSettings, wanted: lis
 
 
 @torch.no_grad()
-def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted: list[str], device) -> list[MetricResult]:
+def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted: list[str],
+                        device) -> list[MetricResult]:
     rank, world = _rank_and_world()
     likelihood_kwargs = {}
     if settings.importance_samples is not None:
@@ -263,7 +265,8 @@ def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted:
     return results
 
 
-def evaluate_model(model, datamodule, settings: EvaluationSettings, device: torch.device | str | None = None) -> list[MetricResult]:
+def evaluate_model(model, datamodule, settings: EvaluationSettings,
+                   device: torch.device | str | None = None) -> list[MetricResult]:
     """Compute ``settings.metrics`` for ``model`` against ``datamodule``'s real images.
 
     Under ``torch.distributed`` every process must call this (the metrics synchronise); each draws

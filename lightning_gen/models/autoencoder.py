@@ -12,8 +12,8 @@ import torch
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
-from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.data.base import batch_images
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.losses import build_likelihood, gaussian_kl_to_standard, log_normal, reparameterize
 from lightning_gen.losses.gaussian import log_standard_normal
 from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
@@ -32,7 +32,10 @@ def linear_warmup(step: int, warmup_steps: int, final: float) -> float:
 
 
 class _Autoencoder(GenerativeModule):
-    """Encoder producing ``encoder_outputs`` numbers per image, decoder + pixel likelihood."""
+    """Encoder producing ``encoder_outputs`` numbers per image, decoder + pixel likelihood.
+
+    ``compile: true`` compiles the encoder's and decoder's forward with ``torch.compile``.
+    """
 
     encoder_outputs_per_latent: int
 
@@ -46,6 +49,7 @@ class _Autoencoder(GenerativeModule):
         hidden: int = 256,
         optimizer: OptimizerCallable = torch.optim.Adam,
         net: str = "conv",
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -63,9 +67,13 @@ class _Autoencoder(GenerativeModule):
             self.encoder = MLPEncoder(self.data_shape, codes, hidden)
             self.decoder = MLPDecoder(self.data_shape, latent_dim, params, hidden)
         self.optimizer_factory = optimizer
+        self.compile_networks = compile
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
+
+    def networks_to_compile(self):
+        return [self.encoder, self.decoder]
 
     def decode(self, z: Tensor) -> Tensor:
         """Latent codes ``[N, latent_dim]`` -> mean images ``[N, C, H, W]`` in [0, 1]."""
@@ -305,7 +313,7 @@ class VAE(_Autoencoder):
         self._codes_seen += len(codes) - len(codes[-len(buffer):])  # a batch larger than the buffer: its last rows
         codes = codes[-len(buffer):]
         rows = torch.arange(self._codes_seen, self._codes_seen + len(codes), device=codes.device) % len(buffer)
-        buffer[rows] = codes
+        buffer[rows] = codes.to(buffer.dtype)  # bfloat16 codes under bf16-mixed autocast
         self._codes_seen += len(codes)
 
     def fit_latent_mixture(self) -> None:

@@ -11,6 +11,8 @@ Callbacks ask ``has_surface(model, "encode")`` rather than checking classes.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_gen import __version__
 from lightning_gen.checkpoints import (
@@ -35,13 +37,27 @@ from lightning_gen.checkpoints import (
 from lightning_gen.errors import DivergenceError, LightningGenError
 from lightning_gen.faults import kill_point
 
-
 RNG_KEY = "lightning_gen_rng"  # checkpoint entry: the global torch RNG and every process's training generator
 
 
 def has_surface(model: Any, name: str) -> bool:
     """Whether ``model`` offers the surface method ``name`` (e.g. "encode", "log_likelihood")."""
     return callable(getattr(model, name, None))
+
+
+def compile_unavailable_reason(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot run here (None when it can): TorchDynamo's platform check, and on the
+    CPU the C++ compiler that inductor's generated kernels need (found on first use, not at compile time,
+    so it is checked up front)."""
+    import torch._dynamo
+
+    if not torch._dynamo.is_dynamo_supported():
+        return "TorchDynamo does not support this Python/platform"
+    if device.type == "cpu":
+        candidates = [os.environ.get("CXX"), "g++", "clang++", "c++"]
+        if not any(shutil.which(name) for name in candidates if name):
+            return "no C++ compiler on PATH (inductor builds CPU kernels with one; set CXX or install g++)"
+    return None
 
 
 def nats_to_bits_per_dim(nats_per_image: Tensor, num_dims: int) -> Tensor:
@@ -71,13 +87,54 @@ class GenerativeModule(pl.LightningModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
-    def guard_finite(self, **losses: Tensor) -> None:
+    # --- compiled networks (``compile: true``) -----------------------------------------------------
+    compile_networks: bool = False  # set from each model's ``compile`` argument
+
+    def networks_to_compile(self) -> list[nn.Module]:
+        """The networks whose ``forward`` ``compile: true`` compiles (never the LightningModule itself)."""
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        """Compile the networks in place (``nn.Module.compile``) when ``compile`` is set.
+
+        In place, so parameter names and state-dict keys stay those of the eager networks: checkpoints of
+        compiled and eager runs load into each other. Compilation itself happens lazily, on the first
+        batch (its time counts in the run's budget). Where compilation is unavailable the run goes on
+        eagerly after a warning that says why.
+        """
+        if not self.compile_networks:
+            return
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        reason = compile_unavailable_reason(device)
+        if reason is not None:
+            rank_zero_warn(f"compile: true was asked for but torch.compile is unavailable here ({reason}); "
+                           "training with eager networks")
+            return
+        for network in self.networks_to_compile():
+            if not getattr(network, "_lightning_gen_compiled", False):
+                network.compile()
+                network._lightning_gen_compiled = True
+
+    def guard_finite(self, gradient_terms: dict[str, Tensor] | None = None, **losses: Tensor) -> None:
         """Stop training with a clear message on a non-finite loss, before it reaches the weights.
 
         Raising here (not stepping) leaves weights, optimizer states and every checkpoint already
         written untouched: the last good checkpoint stays the one to resume from.
+
+        ``gradient_terms``: loss terms computed from gradients (a GAN's gradient penalty, R1). Under an AMP
+        grad scaler (``16-mixed``) their gradients come from a scaled backward pass, and a non-finite value
+        is an overflow of that scaling: the training backward carries it into the weights' gradients, the
+        scaler skips the step and halves its scale. That is no divergence while the scale is above 1; at
+        scale 1 or below the unscaled gradient itself overflows, and it is one.
         """
         bad = {name: float(value.detach().sum()) for name, value in losses.items() if not torch.isfinite(value).all()}
+        overflowed = {name: float(value.detach().sum()) for name, value in (gradient_terms or {}).items()
+                      if not torch.isfinite(value).all()}
+        if overflowed:
+            plugin = self._trainer.precision_plugin if self._trainer is not None else None
+            scaler = getattr(plugin, "scaler", None)
+            if scaler is None or not scaler.is_enabled() or scaler.get_scale() <= 1:
+                bad.update(overflowed)
         if not bad:
             return
         trainer = self._trainer

@@ -24,9 +24,9 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
-from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.data.base import batch_images
 from lightning_gen.data.pixels import from_signed, to_signed
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.losses.gan import build_objective, gradient_penalty, minimax_value, r1_penalty
 from lightning_gen.models.base import GenerativeModule
 from lightning_gen.nets.gan import DCGANDiscriminator, DCGANGenerator, MLPDiscriminator, MLPGenerator, dcgan_init_
@@ -60,6 +60,8 @@ class GAN(GenerativeModule):
         reuse_fakes: G's step scores the fakes D was just trained on (one G forward per batch instead of two,
             as in the hand-written DCGAN loop); needs one D step and one G step per batch.
         width / hidden / depth: network sizes (conv channels for images; MLP width and hidden layers for points).
+        compile: compile G's and D's forward with ``torch.compile`` (D stays eager under R1 or the gradient
+            penalty: compiled graphs do not support the double backward those penalties need).
     """
 
     automatic_optimization = False
@@ -90,6 +92,7 @@ class GAN(GenerativeModule):
         generator_clip_norm: float | None = None,
         discriminator_clip_norm: float | None = None,
         reuse_fakes: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=[
@@ -137,6 +140,16 @@ class GAN(GenerativeModule):
         self._calibrated_at: int | None = None  # ema_updates when the EMA's batch norm was last re-estimated
         self._optimizer_factories = (generator_optimizer or _adam_for_gans, discriminator_optimizer or _adam_for_gans)
         self._scheduler_factories = (generator_scheduler, discriminator_scheduler)
+        self.compile_networks = compile
+
+    def _penalises_input_gradients(self) -> bool:
+        return self.r1_gamma > 0 or getattr(self.objective, "needs_gradient_penalty", False)
+
+    def networks_to_compile(self):
+        # the EMA copy is used only for sampling, a few times per run: compiling it would cost more than it saves
+        if self._penalises_input_gradients():
+            return [self.generator]
+        return [self.generator, self.discriminator]
 
     def train(self, mode: bool = True) -> "GAN":
         super().train(mode)
@@ -179,16 +192,18 @@ class GAN(GenerativeModule):
         with self.toggled_optimizer(opt_d):
             real_scores, fake_scores = self.discriminator(real), self.discriminator(fake)
             loss = self.objective.discriminator_loss(real_scores, fake_scores)
-            logs = {}
+            penalties, scaler = {}, self._grad_scaler()
             if getattr(self.objective, "needs_gradient_penalty", False):
-                penalty = gradient_penalty(self.discriminator, real, fake, self.training_rng)
-                loss = loss + self.gp_weight * penalty
-                logs["train/gp"] = penalty
+                penalties["gp"] = gradient_penalty(self.discriminator, real, fake, self.training_rng, scaler)
             if self.r1_gamma > 0:
-                penalty = r1_penalty(self.discriminator, real)
-                loss = loss + self.r1_gamma * penalty
-                logs["train/r1"] = penalty
-            self.guard_finite(d_loss=loss)
+                penalties["r1"] = r1_penalty(self.discriminator, real, scaler)
+            # a non-finite penalty under the grad scaler can be an overflow of its scaled backward pass, which
+            # the scaler skips; a non-finite objective is a divergence
+            self.guard_finite(d_loss=loss, gradient_terms=penalties)
+            weights = {"gp": self.gp_weight, "r1": self.r1_gamma}
+            for name, penalty in penalties.items():
+                loss = loss + weights[name] * penalty
+            logs = {f"train/{name}": penalty for name, penalty in penalties.items()}
             opt_d.zero_grad()
             self.manual_backward(loss)
             opt_d.step()  # on_before_optimizer_step measures (and clips) the unscaled gradients
@@ -216,6 +231,11 @@ class GAN(GenerativeModule):
         if self._logging_this_batch():
             self.log_dict({"train/g_loss": loss.detach(), "train/grad_norm_g": self._grad_norms["g"]}, prog_bar=True)
 
+    def _grad_scaler(self):
+        """The AMP grad scaler of ``16-mixed`` (None under 32-bit or ``bf16-mixed``, which need none)."""
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
+        return scaler if scaler is not None and scaler.is_enabled() else None
+
     def _logging_this_batch(self) -> bool:
         """Whether Lightning writes this batch's step metrics (every ``log_every_n_steps`` batches)."""
         return self._trainer is None or self.trainer._logger_connector.should_update_logs
@@ -232,7 +252,12 @@ class GAN(GenerativeModule):
         if clip is None and not self._logging_this_batch():
             return
         grads = [p.grad for p in net.parameters() if p.grad is not None]
-        self._grad_norms[player] = torch.nn.utils.get_total_norm(grads).detach()  # before clipping
+        norm = torch.nn.utils.get_total_norm(grads).detach()  # before clipping
+        scaler = self._grad_scaler()
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            # a fused optimizer unscales inside its step, so Lightning left these gradients scaled by s
+            norm = norm / scaler.scale(torch.ones((), device=norm.device))
+        self._grad_norms[player] = norm
         if clip is not None:
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm="norm")
 
@@ -261,7 +286,8 @@ class GAN(GenerativeModule):
         if self._calibrated_at == int(self.ema_updates):
             return
         seeded = torch.Generator(device=self.device).manual_seed(0)
-        latents = [torch.randn(batch_size, self.latent_dim, generator=seeded, device=self.device) for _ in range(batches)]
+        latents = [torch.randn(batch_size, self.latent_dim, generator=seeded, device=self.device)
+                   for _ in range(batches)]
         torch.optim.swa_utils.update_bn(latents, self.generator_ema)  # cumulative average over the batches
         self.generator_ema.eval()
         self._calibrated_at = int(self.ema_updates)

@@ -152,8 +152,11 @@ class GatedPixelCNN(nn.Module):
             v, h = layer(v, h, labels)
         return self.head(h)
 
-    def channels_of_group(self, group: int) -> list[int]:
-        return [c for c, g in enumerate(self.group_of_channel) if g == group]
+    def channels_of_group(self, group: int) -> slice:
+        """The image channels of a channel group: a slice, not a list, so that writing a pixel needs no
+        index tensor copied from the host (which a CUDA graph capture refuses)."""
+        members = [c for c, g in enumerate(self.group_of_channel) if g == group]
+        return slice(members[0], members[-1] + 1)  # groups are contiguous blocks (channel_groups)
 
     @torch.no_grad()
     def generate(self, n: int, pick: PixelPicker, labels: Tensor | None = None, progress: bool = False,
