@@ -3,7 +3,7 @@
     python benchmarks/pixelcnn_sampling.py [--batch-sizes 1 16 64] [--reference-rows 28 28 2] [--device cpu]
     python benchmarks/pixelcnn_sampling.py --quick      # a tiny 8x8 model, well under a minute
 
-The model is configs/pixelcnn_fmnist.yaml's (gated, hidden 32, 6 layers, kernel 5, categorical,
+The model is configs/pixelcnn_fmnist.yaml's (gated, the config's width, depth and kernel size, categorical,
 28x28 grayscale) with a seeded random initialisation: sampling costs the same whatever the weights.
 For each batch size, one after the other in this run:
 

@@ -4,7 +4,7 @@
     python benchmarks/pixelcnn_vs_plain.py --quick      # 300 images, a few seconds each, under a minute
 
 Two runs, one after the other on this machine, each trained for `--minutes` of wall-clock time:
-1. lightning-gen: configs/pixelcnn_fmnist.yaml's model (gated PixelCNN, hidden 32, 6 layers, kernel 5,
+1. lightning-gen: configs/pixelcnn_fmnist.yaml's model (gated PixelCNN at the config's width, depth and kernel size,
    256-way categorical pixels) fitted by ``lightning.pytorch.Trainer`` (no validation, no logger);
 2. plain PyTorch: a training loop as written by hand around ``ClassicPixelCNN`` (van den Oord 2016a: a 7x7
    type-A masked conv then 3x3 type-B masked convs, so it has the blind spot) sized to about the same

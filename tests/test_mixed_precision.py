@@ -107,7 +107,7 @@ def test_vae_nll_under_bf16_autocast_agrees_with_float32(test_images):
 
 def test_pixelcnn_nll_under_bf16_autocast_agrees_with_float32_and_a_bf16_likelihood_does_not(test_images):
     torch.manual_seed(0)
-    model = PixelCNN(hidden=32, layers=6).eval()  # the config's network, at initialisation
+    model = PixelCNN(hidden=32, layers=6).eval()  # a config-sized network, at initialisation
     images = test_images[:32]
     reference = _bits_per_dim(model.log_likelihood, images, "float32")
     mixed = _bits_per_dim(model.log_likelihood, images, "bf16-mixed")
