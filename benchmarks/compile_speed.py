@@ -29,33 +29,12 @@ import time
 
 import lightning.pytorch as pl
 import torch
+from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
 from lightning_overhead import MODELS, build  # noqa: E402  (benchmarks/ is the script's folder)
 
 
-class Clock(pl.Callback):
-    """Images/s after ``warmup`` untimed batches; stops the fit ``seconds`` later."""
-
-    def __init__(self, warmup: int, seconds: float):
-        self.warmup, self.seconds = warmup, seconds
-        self.called = time.perf_counter()
-        self.seen, self.images, self.rate, self.warm_up_seconds, self.start = 0, 0, 0.0, 0.0, 0.0
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize()
-        self.seen += 1
-        now = time.perf_counter()
-        if self.seen == self.warmup:
-            self.start, self.warm_up_seconds = now, now - self.called
-        elif self.seen > self.warmup:
-            self.images += len(batch[0])
-            self.rate = self.images / (now - self.start)
-            if now - self.start >= self.seconds:
-                trainer.should_stop = True
-
-
-def block(model, loader, variant: str, args) -> Clock:
-    clock = Clock(args.warmup, args.block_seconds)
+def block(model, loader, variant: str, args) -> WarmupClock:
+    clock = WarmupClock(time.perf_counter(), args.warmup, args.block_seconds)
     trainer = pl.Trainer(max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
@@ -71,7 +50,7 @@ def measure(name: str, args) -> list[dict]:
         models[variant] = copy.deepcopy(model)
         models[variant].compile_networks = variant.startswith("compiled")
     loader = data.train_dataloader()
-    clocks: dict[str, list[Clock]] = {variant: [] for variant in args.variants}
+    clocks: dict[str, list[WarmupClock]] = {variant: [] for variant in args.variants}
     for round_index in range(args.rounds):
         shift = round_index % len(args.variants)
         for variant in args.variants[shift:] + args.variants[:shift]:

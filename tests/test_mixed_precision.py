@@ -74,7 +74,7 @@ TOLERANCE_BPD = 3e-3
 
 
 @pytest.fixture(scope="module")
-def test_images(fmnist_dir):
+def held_out_images(fmnist_dir):
     data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=64)
     data.setup("test")
     return torch.stack([data.test_set[i][0] for i in range(64)])  # (64, 1, 28, 28) in [0, 1]
@@ -92,23 +92,23 @@ def _bits_per_dim(nll_of, x: torch.Tensor, precision: str) -> torch.Tensor:
     return nll.float() / (x[0].numel() * math.log(2))
 
 
-def test_vae_nll_under_bf16_autocast_agrees_with_float32(test_images):
+def test_vae_nll_under_bf16_autocast_agrees_with_float32(held_out_images):
     torch.manual_seed(0)
     vae = VAE().eval()  # the config's architecture: conv nets, 16-d latent, discretised logistic
     nll = lambda x: -vae.log_likelihood(x, k=4, generator=torch.Generator().manual_seed(0))  # noqa: E731
-    reference, mixed = _bits_per_dim(nll, test_images, "float32"), _bits_per_dim(nll, test_images, "bf16-mixed")
+    reference, mixed = _bits_per_dim(nll, held_out_images, "float32"), _bits_per_dim(nll, held_out_images, "bf16-mixed")
     assert (mixed - reference).abs().mean() < TOLERANCE_BPD, float((mixed - reference).abs().mean())
     # the closed-form KL is in float32 too: it is a sum of squares and exponentials of the encoder's output
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mean, logvar = vae.posterior(test_images)
-        terms = vae._elbo_terms(test_images, mean, logvar, torch.Generator().manual_seed(0))
+        mean, logvar = vae.posterior(held_out_images)
+        terms = vae._elbo_terms(held_out_images, mean, logvar, torch.Generator().manual_seed(0))
     assert mean.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for t in terms)
 
 
-def test_pixelcnn_nll_under_bf16_autocast_agrees_with_float32_and_a_bf16_likelihood_does_not(test_images):
+def test_pixelcnn_nll_under_bf16_autocast_agrees_with_float32_and_a_bf16_likelihood_does_not(held_out_images):
     torch.manual_seed(0)
     model = PixelCNN(hidden=32, layers=6).eval()  # a config-sized network, at initialisation
-    images = test_images[:32]
+    images = held_out_images[:32]
     reference = _bits_per_dim(model.log_likelihood, images, "float32")
     mixed = _bits_per_dim(model.log_likelihood, images, "bf16-mixed")
     control = _bits_per_dim(model.log_likelihood, images, "bf16-likelihood")
