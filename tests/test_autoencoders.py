@@ -1,8 +1,10 @@
 """AE and VAE: the shared contract, plus what is particular to each."""
 
+import pytest
 import torch
 from contract import GenerativeModelContract, fake_image_batches
 
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.models import AE, VAE
 
 VAE_TEST_METRICS = ("test/elbo", "test/nll_bpd", "test/recon", "test/kl")
@@ -52,6 +54,28 @@ class TestAE(GenerativeModelContract):
 
     def make_model(self):
         return AE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32)
+
+
+class TestMedianDecodingAE(GenerativeModelContract):
+    """The configs' ``decode_statistic: median``."""
+
+    other_model_class = VAE
+    config, test_metrics, predictions = "ae_fmnist.yaml", ("test/recon",), PREDICTIONS
+
+    def make_model(self):
+        return AE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32, decode_statistic="median")
+
+
+def test_median_decoding_returns_8_bit_levels_and_an_unknown_statistic_is_refused():
+    torch.manual_seed(0)
+    vae = VAE(data_shape=(1, 28, 28), decode_statistic="median", **SMALL_VAE)
+    images = vae.sample(8)
+    assert torch.equal(images * 255, (images * 255).round())
+    vae.decode_statistic = "mean"
+    means = vae.sample(8)
+    assert not torch.equal(means * 255, (means * 255).round())  # the control: expectations fall between levels
+    with pytest.raises(ConfigValueError, match="decode_statistic must be one of mean, median, got 'mode'"):
+        AE(data_shape=(1, 28, 28), decode_statistic="mode")
 
 
 def test_ae_samples_from_the_gaussian_fitted_to_its_training_codes(tmp_path):

@@ -190,7 +190,9 @@ def test_console_script_is_installed():
 def test_loaded_checkpoint_is_the_trained_model(trained_run):
     (folder,) = _run_folders(trained_run)[:1]
     model = VAE.load_checkpoint(folder / "checkpoints" / "last.ckpt")
-    assert model.latent_dim == 16 and model.data_shape == (1, 28, 28)
+    declared = yaml.safe_load((CONFIGS / "vae_fmnist.yaml").read_text())["model"]["init_args"]
+    assert model.latent_dim == declared["latent_dim"] and model.data_shape == (1, 28, 28)
+    assert model.decode_statistic == declared["decode_statistic"]
     with pytest.raises(Exception, match="VAE"):
         AE.load_checkpoint(folder / "checkpoints" / "last.ckpt")
 

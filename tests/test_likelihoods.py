@@ -64,3 +64,30 @@ def test_discretized_logistic_mean_is_the_expected_level(mean, log_scale):
     actual = likelihood.mean(_constant_params(mean, log_scale, 1)).flatten()[0]
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0)
     assert 0 <= actual <= 1
+
+
+@pytest.mark.parametrize("mean, log_scale", [(0.3, -2.0), (-0.2, -3.0), (1.3, -1.0), (0.5, -7.0), (0.02, -2.5),
+                                             (0.6 + 0.25 / 255, -4.0)])
+def test_discretized_logistic_median_splits_the_probability_mass(mean, log_scale):
+    """The median level m has P(k <= m) >= 1/2 and P(k >= m) >= 1/2, checked on the 256 probabilities."""
+    likelihood = DiscretizedLogisticLikelihood()
+    probabilities = likelihood.log_prob(_constant_params(mean, log_scale), ALL_LEVELS).exp().double()
+    median = likelihood.median(_constant_params(mean, log_scale, 1)).flatten()[0]
+    level = int(round(median.item() * 255))
+    assert median == torch.tensor(level / 255)  # a value of the support (float32, as the data)
+    assert probabilities[: level + 1].sum() >= 0.5 - 1e-5
+    assert probabilities[level:].sum() >= 0.5 - 1e-5
+
+
+def test_discretized_logistic_median_keeps_a_dark_pixel_dark_where_the_mean_greys_it():
+    """A wide logistic just above 0: the clipped upper tail lifts the mean off black (the grey veil over
+    a blurry decoder's background); the median stays at the location's level."""
+    params = _constant_params(0.02, -2.0, 1)  # scale 0.135
+    likelihood = DiscretizedLogisticLikelihood()
+    assert likelihood.mean(params).item() > 0.1
+    assert likelihood.median(params) == torch.tensor(round(0.02 * 255) / 255)
+
+
+def test_bernoulli_median_is_the_more_likely_value():
+    logits = torch.tensor([-3.0, -0.1, 0.1, 2.0]).view(4, 1, 1, 1)
+    assert BernoulliLikelihood().median(logits).flatten().tolist() == [0.0, 0.0, 1.0, 1.0]
