@@ -13,6 +13,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lightning_gen.errors import CheckpointError, RunFolderError
 from lightning_gen.faults import kill_point
+from lightning_gen.files import atomic_write
 
 MODEL_CLASS_KEY = "lightning_gen_model_class"
 DATAMODULE_KEY = "lightning_gen_datamodule"  # {"class_path": ..., "init_args": {...}} of the training data
@@ -97,23 +98,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         data = buffer.getbuffer()
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+
+        def write(partial: Path) -> None:
+            with open(partial, "wb") as file:
+                file.write(data[: len(data) // 2])
+                file.flush()
+                kill_point("checkpoint_half_written")
+                file.write(data[len(data) // 2:])
+                file.flush()
+                os.fsync(file.fileno())
+            kill_point("checkpoint_before_rename")
+
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             _remove_stale_partials(path.parent)
-            try:
-                with open(partial, "wb") as file:
-                    file.write(data[: len(data) // 2])
-                    file.flush()
-                    kill_point("checkpoint_half_written")
-                    file.write(data[len(data) // 2:])
-                    file.flush()
-                    os.fsync(file.fileno())
-                kill_point("checkpoint_before_rename")
-                os.replace(partial, path)
-            finally:
-                partial.unlink(missing_ok=True)
-            _fsync_folder(path.parent)
+            atomic_write(path, write, fsync=True)
         except OSError as error:
             kept = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []
             raise RunFolderError(
@@ -143,15 +142,3 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (the folder entry), where the OS allows opening a folder."""
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)

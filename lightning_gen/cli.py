@@ -38,6 +38,7 @@ from lightning_gen.checkpoints import (
 )
 from lightning_gen.data.base import SplitDataModule
 from lightning_gen.errors import CheckpointError, LightningGenError, RunFolderError, TrainingStopped, missing_extra
+from lightning_gen.files import atomic_write
 from lightning_gen.models.base import GenerativeModule
 from lightning_gen.packaged_configs import resolve_config_options
 from lightning_gen.runs import check_writable, checkpoint_space_needed, newest_last_checkpoint, run_folder
@@ -218,9 +219,8 @@ class LightningGenCLI(LightningCLI):
         predictions = self.trainer.predict_loop.predictions
         if self.trainer.is_global_zero and predictions:
             path = run_folder(self.trainer) / "predictions.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
             merged = {key: torch.cat([p[key] for p in predictions]) for key in predictions[0]}
-            torch.save(merged, path)
+            atomic_write(path, lambda temporary: torch.save(merged, temporary))
             print(f"predictions ({', '.join(f'{k} {tuple(v.shape)}' for k, v in merged.items())}) -> {path}")
 
     def _print_summary(self) -> None:
@@ -321,12 +321,11 @@ RUN_RECORD = "run.json"
 def write_run_record(trainer, fit_seconds: float) -> None:
     """``<run folder>/run.json``: what ``compare`` needs that no logger keeps (wall time, processes)."""
     folder = run_folder(trainer)
-    folder.mkdir(parents=True, exist_ok=True)
     record = {"fit_seconds": round(fit_seconds, 2), "epochs": trainer.current_epoch,
               "global_step": trainer.global_step, "processes": trainer.world_size,
               "resumed_from": str(trainer.ckpt_path) if trainer.ckpt_path else None,
               "model_class": f"{type(trainer.lightning_module).__module__}.{type(trainer.lightning_module).__name__}"}
-    (folder / RUN_RECORD).write_text(json.dumps(record, indent=1))
+    atomic_write(folder / RUN_RECORD, lambda temporary: temporary.write_text(json.dumps(record, indent=1)))
 
 
 def run_summary(trainer, metrics: dict[str, float]) -> str:

@@ -18,7 +18,6 @@ import argparse
 import inspect
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError, check_range
+from lightning_gen.files import atomic_write
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
     EvaluationSettings,
@@ -79,9 +79,7 @@ def write_metrics_json(ckpt_path: str, results: list[MetricResult], settings: Ev
         "settings": {k: v for k, v in settings.__dict__.items() if k not in ("progress", "cache_dir")},
         "results": [r.to_dict() for r in results],
     }
-    temporary = path.with_name(f".metrics.json.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(everything, indent=2) + "\n")
-    os.replace(temporary, path)
+    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(everything, indent=2) + "\n"))
     return path
 
 

@@ -109,7 +109,7 @@ def test_real_features_are_cached_by_everything_that_defines_them(fmnist, tmp_pa
     assert torch.equal(first, again) and first.shape == (500, 128)
     assert key["split"] == "test" and other_key["split"] == "val" and not torch.equal(first, other_split)
     files = list((tmp_path / "real_features").iterdir())
-    assert len(files) == 2 and not any(f.name.endswith(".tmp") for f in files)
+    assert len(files) == 2 and not any(f.name.startswith(".") for f in files)
     for f in files:  # a damaged entry is recomputed, never trusted
         f.write_bytes(b"garbage")
     recomputed, _, cached_after_damage = cached_real_features(data, "test", extractor, 500, tmp_path, progress=False)

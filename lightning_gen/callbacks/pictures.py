@@ -7,7 +7,6 @@ and also handed to each logger that can show images: ``log_image`` (W&B) or
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -18,6 +17,7 @@ from torchvision.utils import make_grid, save_image
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import ConfigValueError
 from lightning_gen.faults import kill_point
+from lightning_gen.files import atomic_write
 from lightning_gen.models.base import has_surface
 from lightning_gen.runs import run_folder, writing
 
@@ -26,14 +26,8 @@ def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Pat
     """Write ``images`` ``[N, C, H, W]`` in [0, 1] as one grid PNG and send it to every image-capable logger."""
     grid = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=2, pad_value=1.0)
     path = run_folder(trainer) / "images" / f"{key.replace('/', '_')}_epoch{trainer.current_epoch:04d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:  # whole or absent: a full disk or a crash leaves no truncated PNG
-        with writing(path, "picture"):
-            save_image(grid, partial, format="png")
-            os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with writing(path, "picture"):  # whole or absent: a full disk or a crash leaves no truncated PNG
+        atomic_write(path, lambda partial: save_image(grid, partial, format="png"))
     # the x-position Lightning logs scalars at: batches that stepped, not global_step (which a GAN
     # advances once per optimizer, i.e. twice or more per batch)
     step = trainer.fit_loop.epoch_loop._batches_that_stepped

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from lightning_gen.data.pixels import to_signed
+
 FEATURE_DIM = 128
 
 
@@ -32,7 +34,7 @@ class SmallImageClassifier(nn.Module):
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(FEATURE_DIM, num_classes))
 
     def features(self, x: Tensor) -> Tensor:
-        return self.body(x * 2 - 1)
+        return self.body(to_signed(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x))

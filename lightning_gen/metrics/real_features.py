@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from lightning_gen.checkpoints import class_path
 from lightning_gen.data.base import batch_images
+from lightning_gen.files import atomic_write
 from lightning_gen.metrics.features import FeatureExtractor
 
 _SELECTION_ARGS = ("data_dir", "subset", "split_seed", "val_fraction", "test_fraction", "image_size", "grayscale",
@@ -35,10 +36,7 @@ def dataset_identity(datamodule, split: str, max_real: int | None) -> dict:
 
 
 def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
+    atomic_write(path, lambda temporary: torch.save(obj, temporary))
 
 
 @torch.no_grad()

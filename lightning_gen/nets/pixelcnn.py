@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from lightning_gen.data.pixels import to_signed
 from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.nets.conv import check_image_shape
 from lightning_gen.nets.masked import CausalConv2d, channel_groups
@@ -43,7 +44,7 @@ def shift_down(x: Tensor) -> Tensor:
 
 def to_network_input(x: Tensor) -> Tensor:
     """Pixels in [0, 1] -> [-1, 1], centred for the first layer (padding then reads as the mid level)."""
-    return x * 2 - 1
+    return to_signed(x)
 
 
 class GatedLayer(nn.Module):
