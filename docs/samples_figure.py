@@ -25,8 +25,7 @@ import torch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from lightning_gen.checkpoints import MODEL_CLASS_KEY, read_checkpoint  # noqa: E402
-from lightning_gen.cli import import_class  # noqa: E402
+from lightning_gen.checkpoints import MODEL_CLASS_KEY, import_class, read_checkpoint  # noqa: E402
 
 
 def samples_of(row: str, n: int, seed: int) -> tuple[str, torch.Tensor]:

@@ -3,6 +3,7 @@ writing (atomically: a crash never leaves a half-written ``.ckpt``)."""
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
 from pathlib import Path
@@ -26,6 +27,12 @@ WRITER_KEY = "lightning_gen_version"
 
 def class_path(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class(path: str) -> type:
+    """The class a ``class_path`` names (``lightning_gen.models.VAE``)."""
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from lightning_gen.checkpoints import (
     DATAMODULE_KEY,
     MODEL_CLASS_KEY,
     check_model_class,
+    import_class,
     read_checkpoint,
 )
 from lightning_gen.data.base import SplitDataModule
@@ -66,6 +67,7 @@ class LightningGenCLI(LightningCLI):
                 "description": "Train, evaluate and compare generative models (AE, VAE, GAN, PixelCNN).",
                 "epilog": "Commands on finished runs (no config needed): `compare RUN_OR_CKPT ...` (an offline "
                           "HTML/Markdown report) and `dashboard --entity E` (a W&B workspace and report); "
+                          "`evaluate --samples NPZ_OR_PNG_FOLDER --data CONFIG` scores images from anywhere; "
                           "add --help to either for its options. Errors print one line; --debug (or "
                           "LIGHTNING_GEN_DEBUG=1) shows their traceback.",
             },
@@ -306,11 +308,6 @@ class SaveConfigToLoggers(SaveConfigCallback):
                 logger.experiment.config.update(resolved, allow_val_change=True)
 
 
-def import_class(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def _scalar_metrics(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
 
@@ -437,6 +434,9 @@ def main(args: list[str] | None = None) -> None:
     try:
         if args and args[0] in RUN_COMMANDS:
             importlib.import_module(RUN_COMMANDS[args[0]]).main(args[1:])
+            return
+        if args[:1] == ["evaluate"] and _option(args, "--samples"):  # images from anywhere: no model to build
+            importlib.import_module("lightning_gen.metrics.sample_files").main(args[1:])
             return
         args = args_from_checkpoint(resolve_config_options(args))
         # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns about

@@ -31,8 +31,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
 from lightning_gen.callbacks.pictures import picture_grids
-from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, read_checkpoint
-from lightning_gen.cli import import_class
+from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, import_class, read_checkpoint
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import CheckpointError, LightningGenError
 from lightning_gen.metrics.registry import (
