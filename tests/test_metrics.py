@@ -152,3 +152,22 @@ def test_metric_errors_name_the_problem(fmnist):
         evaluate_model(UniformModel(), data, EvaluationSettings(metrics=["nll_bpd"], importance_samples=5), "cpu")
     with pytest.raises(MetricError, match="num_samples"):
         evaluate_model(implicit, data, EvaluationSettings(metrics=["fid"], num_samples=1), "cpu")
+
+
+def test_the_feature_cache_key_follows_every_image_selecting_argument_but_no_loader_setting(fmnist_dir):
+    """A DataModule argument nobody listed (here: which classes to keep) must change the key; batch size,
+    workers and the like must not."""
+    from lightning_gen.data import FashionMNISTDataModule
+    from lightning_gen.metrics.real_features import dataset_identity
+
+    class SomeClasses(FashionMNISTDataModule):
+        def __init__(self, classes: tuple[int, ...] = (0, 1), **kwargs):
+            super().__init__(**kwargs)
+            self.classes = classes
+
+    base = dataset_identity(SomeClasses(data_dir=str(fmnist_dir)), "test", None)
+    assert dataset_identity(SomeClasses(classes=(2,), data_dir=str(fmnist_dir)), "test", None) != base
+    assert dataset_identity(SomeClasses(data_dir=str(fmnist_dir), subset=100), "test", None) != base
+    loaders = SomeClasses(data_dir=str(fmnist_dir), batch_size=7, num_workers=2, eval_batch_size=3)
+    assert dataset_identity(loaders, "test", None) == base
+    assert base["args"]["data_dir"] == str(fmnist_dir) and base["args"]["classes"] == "(0, 1)"

@@ -63,6 +63,10 @@ class SplitDataModule(pl.LightningDataModule):
 
     data_shape: tuple[int, ...]
     num_classes: int
+    # arguments that change how batches are loaded, never which images: everything else a DataModule saves
+    # in its hyperparameters keys the cache of real-image features (metrics.real_features.dataset_identity)
+    loader_only_args = frozenset({"batch_size", "num_workers", "pin_memory", "eval_batch_size", "device_resident",
+                                  "download"})
 
     def __init__(
         self,

@@ -21,8 +21,6 @@ from lightning_gen.data.base import batch_images
 from lightning_gen.files import atomic_write
 from lightning_gen.metrics.features import FeatureExtractor
 
-_SELECTION_ARGS = ("data_dir", "subset", "split_seed", "val_fraction", "test_fraction", "image_size", "grayscale",
-                   "mixture", "std", "num_train", "num_test", "data_seed")
 
 
 def default_cache_dir() -> Path:
@@ -30,8 +28,12 @@ def default_cache_dir() -> Path:
 
 
 def dataset_identity(datamodule, split: str, max_real: int | None) -> dict:
-    """What selects the real images: class, the arguments that choose images, split and count."""
-    args = {name: str(getattr(datamodule, name)) for name in _SELECTION_ARGS if hasattr(datamodule, name)}
+    """What selects the real images: class, its saved hyperparameters except those that only change how
+    batches are loaded (``loader_only_args``), split and count. A value is the attribute of the same
+    name where the DataModule resolved one (``data_dir`` None -> the folder actually read)."""
+    loader_only = getattr(datamodule, "loader_only_args", frozenset())
+    args = {name: str(getattr(datamodule, name, value)) for name, value in dict(datamodule.hparams).items()
+            if name not in loader_only}
     return {"dataset": class_path(type(datamodule)), "args": args, "split": split, "max_real": max_real}
 
 
