@@ -22,7 +22,6 @@ from lightning_gen.files import atomic_write
 from lightning_gen.metrics.features import FeatureExtractor
 
 
-
 def default_cache_dir() -> Path:
     return Path(os.environ.get("LIGHTNING_GEN_CACHE", "~/.cache/lightning_gen")).expanduser()
 
