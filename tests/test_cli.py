@@ -134,7 +134,8 @@ def test_validate_test_and_predict_use_a_checkpoint(trained_run, monkeypatch, ca
     assert 0 < bpd < 8  # better than a uniform model over 256 levels
     predicted = LightningGenCLI(args=["predict", *common])
     outputs = torch.load(Path(predicted.trainer.log_dir) / "predictions.pt")
-    assert outputs["z"].shape == (600, 16) and outputs["reconstruction"].shape == (600, 1, 28, 28)
+    latent_dim = yaml.safe_load((CONFIGS / "vae_fmnist.yaml").read_text())["model"]["init_args"]["latent_dim"]
+    assert outputs["z"].shape == (600, latent_dim) and outputs["reconstruction"].shape == (600, 1, 28, 28)
 
 
 def test_fit_resumes_with_the_same_counters_in_a_new_folder(trained_run, monkeypatch):

@@ -201,7 +201,8 @@ def test_resolved_model_and_data_arguments_are_the_run_config(two_runs):
     """Lightning's log_hyperparams hands the model's and the data's init arguments to W&B as resolved:
     values from the config, defaults it does not write, the linked data shape, command-line overrides."""
     config = two_runs[2][0]["config"]
-    assert config["latent_dim"] == 16 and config["likelihood"] == "discretized_logistic"  # from the config
+    declared = yaml.safe_load((CONFIGS / "vae_fmnist.yaml").read_text())["model"]["init_args"]
+    assert config["latent_dim"] == declared["latent_dim"] and config["likelihood"] == declared["likelihood"]
     assert config["channels"] == 32 and config["hidden"] == 256  # defaults
     assert config["data_shape"] == [1, 28, 28]  # linked from the DataModule
     assert config["subset"] == 300  # command line
@@ -210,7 +211,9 @@ def test_resolved_model_and_data_arguments_are_the_run_config(two_runs):
 def test_the_whole_resolved_config_is_the_run_config(two_runs):
     config = two_runs[2][0]["config"]
     assert config["model"]["class_path"] == "lightning_gen.models.VAE"
-    assert config["model"]["init_args"]["latent_dim"] == 16
+    declared = yaml.safe_load((CONFIGS / "vae_fmnist.yaml").read_text())["model"]["init_args"]
+    assert config["model"]["init_args"]["latent_dim"] == declared["latent_dim"]
+    assert config["model"]["init_args"]["decode_statistic"] == declared["decode_statistic"]
     assert config["trainer"]["max_epochs"] == 1
 
 
