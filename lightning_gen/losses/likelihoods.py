@@ -104,8 +104,8 @@ class DiscretizedLogisticLikelihood(PixelLikelihood):
 
     def median(self, params: Tensor) -> Tensor:
         """The level whose bin holds mu: the bins integrate one logistic, whose median is mu, so
-        P(k <= level) >= 1/2 <= P(k >= level). Unlike the mean, it is not pulled off 0 or 1 by the
-        tail mass of the edge bins, which is what leaves a grey veil over a wide decoder's background."""
+        P(k <= level) >= 1/2 and P(k >= level) >= 1/2. Unlike the mean, it is not pulled off 0 or 1 by
+        the tail mass of the edge bins, which is what leaves a grey veil over a wide decoder's background."""
         mean, _ = self._split(params)
         return from_uint8_levels(to_uint8_levels(mean.float()))
 
