@@ -117,8 +117,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             kill_point("checkpoint_before_rename")
 
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            _remove_stale_partials(path.parent)
+            _remove_stale_partials(path.parent)  # a folder that does not exist yet holds none
             atomic_write(path, write, fsync=True)
         except OSError as error:
             kept = sorted(p.name for p in path.parent.glob("*.ckpt")) if path.parent.is_dir() else []

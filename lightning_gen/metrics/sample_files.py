@@ -20,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor, nn
 
 from lightning_gen.checkpoints import import_class
+from lightning_gen.data.pixels import from_uint8_levels
 from lightning_gen.errors import ConfigValueError, LightningGenError
 from lightning_gen.metrics.registry import SAMPLE_METRICS, EvaluationSettings, evaluate_model, parse_metric_names
 from lightning_gen.packaged_configs import resolve_config
@@ -81,7 +82,7 @@ def _checked(array: np.ndarray, name: str) -> Tensor:
     if len(array) == 0:
         raise SamplesFileError(f"--samples {name} holds no images")
     if array.dtype == np.uint8:
-        return torch.from_numpy(array).float() / 255
+        return from_uint8_levels(torch.from_numpy(array))
     if not np.issubdtype(array.dtype, np.floating):
         raise SamplesFileError(f"--samples {name}: images are {array.dtype}; give uint8 levels or floats in [0, 1]")
     low, high = float(array.min()), float(array.max())
