@@ -14,7 +14,6 @@ and any row can carry its own title as ``"TITLE=PATH"``:
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -25,7 +24,7 @@ import torch  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
-from lightning_gen.checkpoints import MODEL_CLASS_KEY, import_class, read_checkpoint  # noqa: E402
+from lightning_gen.checkpoints import load_run  # noqa: E402
 
 
 def samples_of(row: str, n: int, seed: int) -> tuple[str, torch.Tensor]:
@@ -39,14 +38,11 @@ def samples_of(row: str, n: int, seed: int) -> tuple[str, torch.Tensor]:
 
 
 def _checkpoint_samples(run: Path, n: int, seed: int) -> tuple[str, torch.Tensor]:
-    ckpt = run / "checkpoints" / "last.ckpt" if run.is_dir() else run
-    model_class = import_class(read_checkpoint(ckpt)[MODEL_CLASS_KEY])
-    model = model_class.load_checkpoint(ckpt).eval()
+    loaded = load_run(run)
     with torch.no_grad():
-        images = model.sample(n, generator=torch.Generator().manual_seed(seed))
-    record = run / "run.json"
-    budget = f", {json.loads(record.read_text())['fit_seconds'] / 60:.1f} CPU min" if record.is_file() else ""
-    return f"{model_class.__name__}{budget}", images
+        images = loaded.model.sample(n, generator=torch.Generator().manual_seed(seed))
+    budget = f", {loaded.record['fit_seconds'] / 60:.1f} CPU min" if "fit_seconds" in loaded.record else ""
+    return f"{type(loaded.model).__name__}{budget}", images
 
 
 def main() -> None:

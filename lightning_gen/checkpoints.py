@@ -1,11 +1,14 @@
-"""Checkpoints at the boundary: reading (a missing, corrupt or foreign checkpoint is a clear error) and
-writing (atomically: a crash never leaves a half-written ``.ckpt``)."""
+"""Checkpoints at the boundary: reading (a missing, corrupt or foreign checkpoint is a clear error), loading a
+finished run (``load_run``: model, data and record from one read of the file) and writing (atomically: a crash
+never leaves a half-written ``.ckpt``)."""
 
 from __future__ import annotations
 
 import importlib
 import io
+import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +38,29 @@ def import_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+_last_read: tuple[tuple, dict[str, Any]] | None = None  # (file identity, contents) of the newest read
+
+
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint dict on the CPU (tensors and plain data only: ``weights_only=True``)."""
+    """Load a checkpoint dict on the CPU (tensors and plain data only: ``weights_only=True``).
+
+    The newest file read is kept until it changes on disk: one command checks a checkpoint's class, takes
+    its data and loads its weights from a single read. Treat the dict as read-only."""
+    global _last_read
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; "
                               "pass the path of a .ckpt file from a run's checkpoints/ folder")
+    stat = path.stat()
+    identity = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    if _last_read is not None and _last_read[0] == identity:
+        return _last_read[1]
+    checkpoint = _load_checked(path)
+    _last_read = (identity, checkpoint)
+    return checkpoint
+
+
+def _load_checked(path: Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, not a torch file, pickled code: all unusable here
@@ -83,6 +103,59 @@ def check_model_class(checkpoint: dict[str, Any], expected: type, path: str | Pa
             f"{where} holds a {saved} but this run builds a {class_path(expected)}. Use a checkpoint of a "
             f"{expected.__name__} run, or set the model to {saved} (e.g. the config that trained it)."
         )
+
+
+RUN_RECORD = "run.json"  # written after `fit` beside config.yaml (runs.write_run_record)
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, rebuilt from what its checkpoint records."""
+
+    checkpoint_path: Path
+    folder: Path | None  # the run folder (runs/<name>/version_<n>), when the checkpoint sits in one
+    model: Any  # a GenerativeModule in eval mode, weights loaded
+    datamodule: Any  # the DataModule it trained on (not set up)
+    record: dict[str, Any] = field(default_factory=dict)  # run.json, when the folder has one
+
+
+def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
+    """A run folder or a checkpoint -> (checkpoint, run folder or None)."""
+    path = Path(path)
+    if path.is_dir():
+        checkpoint = path / "checkpoints" / "last.ckpt"
+        if not checkpoint.is_file():
+            raise CheckpointError(f"{path} is not a run folder with checkpoints/last.ckpt; pass a run folder "
+                                  "(runs/<name>/version_<n>) or a .ckpt file")
+        return checkpoint, path
+    if path.is_file():
+        return path, path.parent.parent if path.parent.name == "checkpoints" else None
+    raise CheckpointError(f"{path} does not exist; pass a run folder (runs/<name>/version_<n>) or a .ckpt file")
+
+
+def model_hyperparameters(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """The model's ``__init__`` arguments saved in ``checkpoint``, without LightningCLI's bookkeeping entries
+    (``_instantiator``, ``_class_path``)."""
+    return {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
+
+
+def load_run(path: str | Path, map_location: Any = "cpu", **model_overrides: Any) -> LoadedRun:
+    """A run folder or checkpoint -> its model (weights loaded, eval mode), its DataModule and its ``run.json``,
+    from one read of the checkpoint. ``model_overrides`` replace hyperparameters that do not change the
+    weights (e.g. a PixelCNN's ``sampler``)."""
+    checkpoint_path, folder = resolve_run(path)
+    checkpoint = read_checkpoint(checkpoint_path)
+    model_class, data = checkpoint.get(MODEL_CLASS_KEY), checkpoint.get(DATAMODULE_KEY)
+    if model_class is None or data is None:
+        raise CheckpointError(f"{checkpoint_path} does not record its model class and data; it was not "
+                              "written by `python -m lightning_gen fit`")
+    model = import_class(model_class)(**{**model_hyperparameters(checkpoint), **model_overrides})
+    model.on_load_checkpoint(checkpoint)  # what Lightning's load_from_checkpoint calls: format and class checks
+    model.load_state_dict(checkpoint["state_dict"])
+    datamodule = import_class(data["class_path"])(**data["init_args"])
+    record_path = folder / RUN_RECORD if folder is not None else None
+    record = json.loads(record_path.read_text()) if record_path is not None and record_path.is_file() else {}
+    return LoadedRun(checkpoint_path, folder, model.to(map_location).eval(), datamodule, record)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

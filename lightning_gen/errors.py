@@ -3,7 +3,10 @@ traceback: each one names the offending value and how to fix it."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import operator
+import os
 
 
 class LightningGenError(RuntimeError):
@@ -82,3 +85,48 @@ def missing_extra(error: BaseException) -> LightningGenError | None:
         return None
     return MissingExtraError(f"this needs the optional package {module!r}, which is not installed. Install "
                              f"lightning-gen's [{EXTRAS[module]}] extra: pip install 'lightning-gen[{EXTRAS[module]}]'")
+
+
+DEBUG_VARIABLE = "LIGHTNING_GEN_DEBUG"
+_debug_flag = False  # --debug on the command line of the running command
+
+
+@contextlib.contextmanager
+def debugging(flag: bool):
+    """While a command runs: whether ``--debug`` was on its command line (the parser's errors read it too)."""
+    global _debug_flag
+    _debug_flag = flag
+    try:
+        yield
+    finally:
+        _debug_flag = False
+
+
+def debug_requested() -> bool:
+    """Show tracebacks: ``--debug`` on the command line or ``LIGHTNING_GEN_DEBUG=1``."""
+    return _debug_flag or os.environ.get(DEBUG_VARIABLE, "") not in ("", "0")
+
+
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}  # a write the disk refused
+
+
+def fixable_error(error: BaseException) -> LightningGenError | None:
+    """The error a user can fix from its message, if ``error`` is one or was raised because of one
+    (jsonargparse wraps errors raised while it builds the classes), or a failed write to a full or
+    read-only disk."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, LightningGenError):
+            return error
+        missing = missing_extra(error)
+        if missing:
+            return missing
+        if isinstance(error, OSError) and error.errno in _DISK_ERRORS:
+            return RunFolderError(
+                f"cannot write {error.filename or 'a file of the run'} ({error.strerror}). Checkpoints already "
+                "saved are whole (they are written atomically). Free disk space or make the folder writable, or "
+                "point --trainer.default_root_dir and the logger's save_dir at another folder; then resume with "
+                "--ckpt_path last.")
+        error = error.__cause__ or error.__context__
+    return None

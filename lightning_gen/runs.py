@@ -1,4 +1,5 @@
-"""Where a run's files go (found without talking to the other processes), and whether they can go there.
+"""A run's files: where they go (found without talking to the other processes), whether they can go there,
+and what a finished fit leaves behind (``run.json`` and the closing summary).
 
 ``Trainer.log_dir`` broadcasts its answer from rank 0, a collective call: asked on rank 0 alone (where
 every file is written under DDP) it waits for the other ranks, which are busy elsewhere, and either
@@ -8,6 +9,7 @@ hangs or pairs with an unrelated collective. ``run_folder`` applies the same rul
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -15,10 +17,13 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.trainer.states import RunningStage
 
+from lightning_gen.checkpoints import RUN_RECORD
 from lightning_gen.errors import RunFolderError
+from lightning_gen.files import atomic_write
 
 
 def run_folder(trainer: pl.Trainer) -> Path:
@@ -98,3 +103,64 @@ def writing(path: Path, what: str = "file"):
             "free disk space or make the folder writable, or point --trainer.default_root_dir and the logger's "
             "save_dir at another folder; then resume with --ckpt_path last."
         ) from error
+
+
+def scalar_metrics(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+
+
+
+
+
+def write_run_record(trainer, fit_seconds: float) -> None:
+    """``<run folder>/run.json``: what ``compare`` needs that no logger keeps (wall time, processes).
+
+    ``fit_seconds`` is this process's ``fit`` call, start-up included; ``train_seconds_total`` is the time in
+    the training loop summed over every resume (Lightning's ``Timer`` keeps it in the checkpoints)."""
+    folder = run_folder(trainer)
+    timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
+    record = {"fit_seconds": round(fit_seconds, 2),
+              "train_seconds_total": round(timer.time_elapsed(RunningStage.TRAINING), 2) if timer is not None else None,
+              "epochs": trainer.current_epoch,
+              "global_step": trainer.global_step, "processes": trainer.world_size,
+              "resumed_from": str(trainer.ckpt_path) if trainer.ckpt_path else None,
+              "model_class": f"{type(trainer.lightning_module).__module__}.{type(trainer.lightning_module).__name__}"}
+    atomic_write(folder / RUN_RECORD, lambda temporary: temporary.write_text(json.dumps(record, indent=1)))
+
+
+def run_summary(trainer, metrics: dict[str, float]) -> str:
+    """The closing lines of a run: where its files are and its final metrics."""
+    folder = run_folder(trainer)
+    lines = ["", f"run folder: {folder}"]
+    if (folder / "config.yaml").is_file():
+        lines.append(f"  config:      {folder / 'config.yaml'}")
+    for callback in trainer.checkpoint_callbacks:
+        if isinstance(callback, ModelCheckpoint) and callback.best_model_path:
+            score = callback.best_model_score
+            score_text = f" ({callback.monitor}={float(score):.4f})" if score is not None else ""
+            lines.append(f"  best ckpt:   {callback.best_model_path}{score_text}")
+        if isinstance(callback, ModelCheckpoint) and (last := _last_checkpoint(callback)):
+            lines.append(f"  last ckpt:   {last}")
+    for name in ("metrics.csv",):
+        if (folder / name).is_file():
+            lines.append(f"  metrics:     {folder / name}")
+    if (folder / "images").is_dir():
+        lines.append(f"  pictures:    {folder / 'images'} ({len(list((folder / 'images').glob('*.png')))} PNG)")
+    for callback in trainer.callbacks:
+        share = callback.share_of_fit_time() if hasattr(callback, "share_of_fit_time") else None
+        if share is not None:
+            lines.append(f"  evaluation:  {callback.seconds_spent:.1f} s, {100 * share:.1f}% of the fit time")
+    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith(("val/", "test/"))}
+    if shown:
+        lines.append("final metrics (nats per image unless _bpd = bits/dim):")
+        lines += [f"  {key:<16} {value:.4f}" for key, value in shown.items()]
+    return "\n".join(lines)
+
+
+def _last_checkpoint(callback: ModelCheckpoint) -> str:
+    # test_after_fit restores the callback's state from the best checkpoint, written when last_model_path was
+    # still empty or older: the file on disk is the truth
+    if callback.last_model_path:
+        return callback.last_model_path
+    saved = callback.format_checkpoint_name({}, callback.CHECKPOINT_NAME_LAST) if callback.save_last else ""
+    return saved if saved and Path(saved).is_file() else ""

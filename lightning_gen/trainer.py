@@ -3,8 +3,10 @@
 
 The run policy is what every run gets, built from Python as from ``python -m lightning_gen``: checkpoint files
 that appear whole or not at all (``AtomicCheckpointIO``), a stop on SIGTERM or Ctrl-C after the running step
-with a checkpoint of it (``GracefulStop``), and a ``last.ckpt`` that always holds the newest state
-(``CurrentLastModelCheckpoint``).
+with a checkpoint of it (``GracefulStop``), a ``last.ckpt`` that always holds the newest state
+(``CurrentLastModelCheckpoint``), DDP that detects unused parameters for a model trained in phases, checks of
+the run folder before any training time is spent, ``ckpt_path="last"`` that finds the newest ``last.ckpt`` of
+the experiment, ``run.json`` after ``fit`` and a closing summary after ``fit``, ``validate`` and ``test``.
 
 LightningCLI turns each method's arguments into command-line options, so
 ``python -m lightning_gen evaluate --ckpt_path X --metrics fid,nll_bpd --num_samples 5000`` and
@@ -25,6 +27,9 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
 from tqdm import tqdm
 
@@ -43,6 +48,15 @@ from lightning_gen.metrics.registry import (
     evaluate_model,
     parse_metric_names,
     supported_metrics,
+)
+from lightning_gen.runs import (
+    check_writable,
+    checkpoint_space_needed,
+    newest_last_checkpoint,
+    run_folder,
+    run_summary,
+    scalar_metrics,
+    write_run_record,
 )
 
 
@@ -136,7 +150,80 @@ class LightningGenTrainer(Trainer):
             self.strategy.checkpoint_io = AtomicCheckpointIO()
         if not any(isinstance(callback, GracefulStop) for callback in self.callbacks):
             self.callbacks.append(GracefulStop())
+        if not any(isinstance(callback, Timer) for callback in self.callbacks):
+            self.callbacks.append(Timer())  # no limit: it keeps the training time in checkpoints, for run.json
         keep_last_checkpoint_current(self.callbacks)
+        self._metrics_of_last_fit: dict[str, float] = {}
+
+    def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None,
+            weights_only=None) -> None:
+        """Lightning's ``fit`` inside the run policy: checks before it, ``run.json`` and a summary after it.
+
+        Args:
+            ckpt_path: a checkpoint to resume from; ``last`` resumes from the newest ``last.ckpt`` of this
+                experiment (in any version folder of its logger), or starts afresh when there is none.
+            weights_only: passed to ``torch.load`` when the checkpoint is read (Lightning's default when None).
+        """
+        self.adapt_strategy(model)
+        # a read-only or full run folder fails here, before any training time is spent
+        folders = {run_folder(self)} | {Path(callback.dirpath) for callback in self.checkpoint_callbacks
+                                        if isinstance(callback, ModelCheckpoint) and callback.dirpath}
+        for folder in folders:
+            check_writable(folder, needed_bytes=checkpoint_space_needed(model))
+        if ckpt_path == "last":  # Lightning looks in this run's new version folder only, where there is none
+            found = newest_last_checkpoint(self)
+            if found is not None:
+                rank_zero_info(f"ckpt_path last: resuming from {found}")
+                ckpt_path = str(found)
+        started = time.perf_counter()
+        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        self._metrics_of_last_fit = scalar_metrics(self.callback_metrics)
+        if self.is_global_zero:
+            write_run_record(self, time.perf_counter() - started)
+            print(run_summary(self, self._metrics_of_last_fit), flush=True)
+
+    def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None,
+                 weights_only=None):
+        """Lightning's ``validate``, then the closing summary.
+
+        Args:
+            ckpt_path: the checkpoint to validate (``best``, ``last``, or a path).
+            verbose: print Lightning's table of results.
+            weights_only: passed to ``torch.load`` when the checkpoint is read (Lightning's default when None).
+        """
+        return self._summarised(super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only))
+
+    def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None,
+             weights_only=None):
+        """Lightning's ``test``, then the closing summary.
+
+        Args:
+            ckpt_path: the checkpoint to test (``best``, ``last``, or a path).
+            verbose: print Lightning's table of results.
+            weights_only: passed to ``torch.load`` when the checkpoint is read (Lightning's default when None).
+        """
+        return self._summarised(super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only))
+
+    def _summarised(self, results):
+        """Print the closing summary after ``validate`` or ``test``: what they measured, over the metrics of
+        an earlier ``fit`` of this Trainer (``fit --test_after_fit`` shows both)."""
+        if self.is_global_zero:
+            measured = scalar_metrics(self.callback_metrics)
+            print(run_summary(self, {**self._metrics_of_last_fit, **measured}), flush=True)
+        return results
+
+    def adapt_strategy(self, model) -> None:
+        """``strategy="ddp"`` works for every model: a model whose training phases each reach only part of its
+        parameters (the GAN: D's step leaves G without gradients and vice versa) declares
+        ``ddp_find_unused_parameters = True`` and gets DDP's unused-parameter detection, unless the strategy
+        was given that setting explicitly."""
+        wants = getattr(model, "ddp_find_unused_parameters", False)
+        # DDPStrategy has no public setter; its keyword arguments reach DistributedDataParallel at setup
+        ddp_kwargs = self.strategy._ddp_kwargs if isinstance(self.strategy, DDPStrategy) else None
+        if wants and ddp_kwargs is not None and "find_unused_parameters" not in ddp_kwargs:
+            ddp_kwargs["find_unused_parameters"] = True
+            rank_zero_info(f"{type(model).__name__} trains its parameters in separate phases: DDP detects "
+                           "unused parameters (as strategy ddp_find_unused_parameters_true)")
 
     def evaluate(
         self,

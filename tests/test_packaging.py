@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from lightning_gen.cli import fixable_error
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, fixable_error
 from lightning_gen.packaged_configs import packaged_configs, resolve_config, resolve_config_options
 
 

@@ -1,5 +1,6 @@
 """A ``LightningGenTrainer`` built from Python gets the run policy the command line has: atomic checkpoint
-writes, a graceful stop on SIGTERM with a checkpoint of the step it stopped at, and a current last.ckpt.
+writes, a graceful stop on SIGTERM with a checkpoint of the step it stopped at, a current last.ckpt, checks of
+the run folder, ``ckpt_path="last"``, DDP for models trained in phases, ``run.json`` and the closing summary.
 
 Each run is a small script in a subprocess (signals and kills end processes). The control builds Lightning's
 own Trainer from the same script: SIGTERM stops it without a checkpoint of the step it stopped at.
@@ -7,6 +8,7 @@ own Trainer from the same script: SIGTERM stops it without a checkpoint of the s
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -14,9 +16,17 @@ import sys
 import textwrap
 from pathlib import Path
 
+import lightning.pytorch as pl
+import pytest
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
+from torch.utils.data import DataLoader, TensorDataset
 
+from lightning_gen.errors import RunFolderError
 from lightning_gen.faults import KILL_AT_VARIABLE
+from lightning_gen.trainer import LightningGenTrainer
 
 SCRIPT = textwrap.dedent('''
     import os, signal, sys
@@ -100,3 +110,78 @@ def test_a_kill_half_way_through_a_save_from_python_leaves_no_torn_checkpoint(tm
     assert all(_saved_step(path) == 16 for path in complete)  # each one loads, and holds epoch 0's end
     (partial,) = folder.glob(".*.partial-*")  # the torn bytes sit in a hidden file no --ckpt_path picks
     assert not partial.name.endswith(".ckpt")
+
+
+class _Tiny(pl.LightningModule):
+    """Two parameters and a loss: the run policy under test, not the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.layer(batch[0]).pow(2).mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+class _TrainedInPhases(_Tiny):
+    ddp_find_unused_parameters = True
+
+
+def _trainer(root: Path, **kwargs) -> LightningGenTrainer:
+    options = dict(default_root_dir=root, max_epochs=1, enable_progress_bar=False, enable_model_summary=False,
+                   logger=CSVLogger(root, name="tiny"),
+                   callbacks=[ModelCheckpoint(dirpath=root / "checkpoints", save_last=True)])
+    return LightningGenTrainer(**{**options, **kwargs})
+
+
+def _data() -> DataLoader:
+    return DataLoader(TensorDataset(torch.randn(32, 2)), batch_size=4)
+
+
+def test_fit_from_python_writes_the_run_record_and_the_closing_summary(tmp_path, capsys):
+    trainer = _trainer(tmp_path)
+    trainer.fit(_Tiny(), _data(), _data())
+    record = json.loads((tmp_path / "tiny" / "version_0" / "run.json").read_text())
+    assert record["global_step"] == 8 and record["epochs"] == 1 and record["resumed_from"] is None
+    assert 0 < record["train_seconds_total"] <= record["fit_seconds"]
+    printed = capsys.readouterr().out
+    closing = printed[printed.rindex("run folder:"):]
+    assert f"last ckpt:   {tmp_path / 'checkpoints' / 'last.ckpt'}" in closing and "val/loss" in closing
+
+
+def test_resuming_last_from_python_finds_the_checkpoint_and_adds_up_the_training_time(tmp_path):
+    first = _trainer(tmp_path)
+    first.fit(_Tiny(), _data())
+    first_seconds = json.loads((tmp_path / "tiny" / "version_0" / "run.json").read_text())["train_seconds_total"]
+    resumed = _trainer(tmp_path, max_epochs=2)
+    resumed.fit(_Tiny(), _data(), ckpt_path="last")  # the new version folder has no last.ckpt of its own
+    record = json.loads((tmp_path / "tiny" / "version_1" / "run.json").read_text())
+    assert record["resumed_from"] == str(tmp_path / "checkpoints" / "last.ckpt") and record["global_step"] == 16
+    assert record["train_seconds_total"] > first_seconds  # the first run's time, carried in its checkpoint
+
+
+def test_a_run_folder_that_cannot_exist_fails_before_training_from_python(tmp_path):
+    (tmp_path / "taken").write_text("a file where the run folder would go")
+    trainer = _trainer(tmp_path / "taken" / "run")
+    model = _Tiny()
+    with pytest.raises(RunFolderError, match="is a file, not a folder"):
+        trainer.fit(model, _data())
+    assert trainer.global_step == 0
+
+
+@pytest.mark.parametrize("model_class, strategy, expected", [
+    (_TrainedInPhases, "ddp", True),  # the GAN's case: the policy turns detection on
+    (_Tiny, "ddp", None),  # a model trained in one phase keeps DDP's faster default
+    (_TrainedInPhases, DDPStrategy(find_unused_parameters=False), False),  # an explicit choice stands
+])
+def test_ddp_detects_unused_parameters_for_models_trained_in_phases(tmp_path, model_class, strategy, expected):
+    trainer = LightningGenTrainer(default_root_dir=tmp_path, accelerator="cpu", devices=1, strategy=strategy,
+                                  logger=False)
+    trainer.adapt_strategy(model_class())
+    assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is expected

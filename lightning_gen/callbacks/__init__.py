@@ -1,5 +1,6 @@
-"""Callbacks: pictures in the logger, sample-quality evaluation, a ``last.ckpt`` that is always current and
-the graceful stop on SIGTERM/Ctrl-C (the last two installed by ``LightningGenTrainer`` itself)."""
+"""Callbacks: pictures in the logger, sample-quality evaluation, a ``last.ckpt`` that is always current, the
+graceful stop on SIGTERM/Ctrl-C (the last two installed by ``LightningGenTrainer`` itself), progress bars,
+and the resolved config in the loggers (``SaveConfigToLoggers``, used by the CLI)."""
 
 from lightning_gen.callbacks.checkpoint import CurrentLastModelCheckpoint
 from lightning_gen.callbacks.evaluation import EvaluationCallback
