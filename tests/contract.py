@@ -75,7 +75,7 @@ def quick_config(name: str, folder: Path) -> Path:
             init_args.update(metrics=metrics, num_samples=16, batch_size=16, max_real=TEST_IMAGES)
         if callback["class_path"].endswith("PictureLogger"):
             init_args["num_samples"] = 0
-    path = folder / f"quick_{name}"
+    path = folder / f"quick_{Path(name).name}"  # name: a file of configs/ or a path
     path.write_text(yaml.safe_dump(config))
     return path
 
