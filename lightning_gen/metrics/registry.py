@@ -1,18 +1,9 @@
-"""The metric registry: one function, ``evaluate_model``, computes every metric for every model, for
-both the training-time ``EvaluationCallback`` and the offline ``evaluate`` command.
-
-Metrics (names as logged, with the feature extractor's name appended where features are used):
-
-| name                    | needs                 | unit / direction                                  |
-|-------------------------|-----------------------|---------------------------------------------------|
-| ``fid_<features>``      | ``sample``            | Fréchet distance of feature Gaussians, lower better |
-| ``kid_<features>``      | ``sample``            | unbiased MMD^2, cubic kernel (mean of subsets), lower better |
-| ``precision_<features>``| ``sample``            | share of samples on the real manifold (k=3), higher better |
-| ``recall_<features>``   | ``sample``            | share of real images on the sample manifold, higher better |
-| ``nll_bpd``             | ``log_likelihood``    | bits per dimension, lower better                  |
-| ``elbo``                | ``elbo_terms``        | nats per image, higher better                     |
-| ``modes_covered`` (``mode_coverage``)         | ``sample`` on a toy mixture | see ``mode_coverage.py`` |
-| ``high_quality_fraction`` (``mode_coverage``) | ``sample`` on a toy mixture | see ``mode_coverage.py`` |
+"""The metric registry: every metric is one ``MetricSpec`` row of ``METRICS``: the name it is asked for
+by, the names it logs, the model surface it needs, its unit and better direction, the protocol entries
+that describe a model rather than the evaluation, and its compute function (in ``compute.py``).
+``evaluate_model`` computes them for every model, for both the training-time ``EvaluationCallback`` and
+the offline ``evaluate`` command; ``compare``, its report and the W&B dashboard read directions and
+protocols from the same rows. Adding a metric is a compute function and a row.
 
 Every result carries its protocol (features and weights hash, real split and count, number of
 generated samples and their seed, estimator), so two numbers are compared only when protocols match.
@@ -22,47 +13,28 @@ extracted once (float64 sums), and all states reduce across processes, so DDP sy
 
 from __future__ import annotations
 
-import inspect
-import math
-import warnings
-from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Sequence
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
-from torchmetrics.aggregation import MeanMetric
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.kid import KernelInceptionDistance
-from tqdm import tqdm
 
-from lightning_gen.data.base import batch_images
-from lightning_gen.data.toy import mixture_means
-from lightning_gen.errors import LightningGenError
-from lightning_gen.metrics.features import build_feature_extractor, default_features
-from lightning_gen.metrics.mode_coverage import coverage_from_counts, high_quality_counts
-from lightning_gen.metrics.precision_recall import PrecisionRecall
-from lightning_gen.metrics.real_features import cached_real_features
+from lightning_gen.metrics.compute import (
+    EvaluationRun,
+    MetricError,
+    MetricResult,
+    compute_elbo,
+    compute_fid,
+    compute_kid,
+    compute_mode_coverage,
+    compute_nll_bpd,
+    compute_precision_recall,
+    elbo_per_image,
+    nll_per_image,
+    rank_and_world,
+    samples_per_rank,  # noqa: F401  (re-exported for callers of the registry)
+)
 from lightning_gen.models.base import has_surface
-
-SAMPLE_METRICS = ("fid", "kid", "precision_recall")
-LIKELIHOOD_METRICS = {"nll_bpd": "log_likelihood", "elbo": "elbo_terms"}
-MIXTURE_METRICS = ("mode_coverage",)
-METRIC_NAMES = SAMPLE_METRICS + tuple(LIKELIHOOD_METRICS) + MIXTURE_METRICS
-
-
-class MetricError(LightningGenError):
-    """An unknown metric, a metric the model cannot support, or settings that cannot produce it."""
-
-
-@dataclass
-class MetricResult:
-    name: str
-    value: float
-    protocol: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -70,7 +42,7 @@ class EvaluationSettings:
     """What to compute and on which data. ``num_samples`` generated images are compared with up to
     ``max_real`` images of the real ``split`` (all of it when ``None``)."""
 
-    metrics: Sequence[str] = SAMPLE_METRICS
+    metrics: Sequence[str] = field(default_factory=lambda: SAMPLE_METRICS)
     num_samples: int = 10_000
     split: str = "test"
     max_real: int | None = None
@@ -86,183 +58,111 @@ class EvaluationSettings:
     progress: bool = True
 
 
+@dataclass(frozen=True)
+class MetricSpec:
+    """Everything the code knows about one metric."""
+
+    name: str  # as requested: `--metrics fid`, `metrics: [fid]`
+    results: tuple[str, ...]  # as logged; `{features}` stands for the feature extractor's name
+    needs: str  # the model surface it calls: "sample", "log_likelihood" or "elbo_terms"
+    data: Literal["images", "points"]  # images (scored in an extractor's features) or a toy 2-D mixture
+    unit: str
+    better: Literal["lower", "higher"]
+    compute: Callable[[EvaluationRun], list[MetricResult]]
+    model_specific: frozenset[str] = frozenset()  # protocol entries that may differ between compared models
+    # metrics averaged over the real split: the value per image, computed in the split pass the run shares
+    per_image: Callable[[EvaluationRun, Tensor, torch.Generator], Tensor] | None = None
+    on_dashboard: bool = False  # shown by default on the W&B dashboard of the model families
+
+    def result_names(self, features: str) -> tuple[str, ...]:
+        return tuple(template.format(features=features) for template in self.results)
+
+    def produces(self, result_name: str) -> bool:
+        """Whether ``result_name`` (no stage, no prefix) is one of this metric's results."""
+        return any(_fits(template, result_name) for template in self.results)
+
+
+def _fits(template: str, name: str) -> bool:
+    head, placeholder, tail = template.partition("{features}")
+    if not placeholder:
+        return name == template
+    return len(name) > len(head) + len(tail) and name.startswith(head) and name.endswith(tail)
+
+
+# what a model's `likelihood_protocol()` records about its estimator (see models/)
+_ESTIMATOR = frozenset({"estimator", "importance_samples", "likelihood", "dequantization", "class_prior"})
+
+METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
+    MetricSpec("fid", ("fid_{features}",), "sample", "images", "Fréchet distance of feature Gaussians", "lower",
+               compute_fid, on_dashboard=True),
+    MetricSpec("kid", ("kid_{features}",), "sample", "images", "unbiased MMD², cubic kernel, mean of subsets",
+               "lower", compute_kid, model_specific=frozenset({"kid_std"}), on_dashboard=True),
+    MetricSpec("precision_recall", ("precision_{features}", "recall_{features}"), "sample", "images",
+               "share of samples on the real manifold, of real images on the sample manifold (k-NN balls)",
+               "higher", compute_precision_recall, on_dashboard=True),
+    MetricSpec("nll_bpd", ("nll_bpd",), "log_likelihood", "images", "bits per dimension", "lower", compute_nll_bpd,
+               model_specific=_ESTIMATOR | {"nll_nats_per_image"}, per_image=nll_per_image, on_dashboard=True),
+    MetricSpec("elbo", ("elbo",), "elbo_terms", "images", "nats per image", "higher", compute_elbo,
+               model_specific=_ESTIMATOR, per_image=elbo_per_image),
+    MetricSpec("mode_coverage", ("modes_covered", "high_quality_fraction"), "sample", "points",
+               "modes covered (count), share of samples within 3 std of a mode", "higher", compute_mode_coverage),
+)}
+METRIC_NAMES = tuple(METRICS)
+# scored from samples alone, in image features: the callback's default and `evaluate --samples`'s choice
+SAMPLE_METRICS = tuple(name for name, spec in METRICS.items() if spec.needs == "sample" and spec.data == "images")
+
+
 def parse_metric_names(metrics: str | Sequence[str]) -> list[str]:
     names = [m.strip() for m in metrics.split(",")] if isinstance(metrics, str) else [str(m) for m in metrics]
     names = [n for n in names if n]
-    unknown = [n for n in names if n not in METRIC_NAMES]
+    unknown = [n for n in names if n not in METRICS]
     if unknown or not names:
-        raise MetricError(f"unknown metric(s) {unknown or names}; choose from {', '.join(METRIC_NAMES)}")
+        raise MetricError(f"unknown metric(s) {unknown or names}; choose from {', '.join(METRICS)}")
     return names
 
 
+def spec_of(result_name: str) -> MetricSpec | None:
+    """The spec behind a result name: as logged (``fid_inception``, ``val/nll_bpd``) or as a report derives
+    it by a prefix (``prior_fid_inception``); None for a name no metric produces (``train/d_loss``)."""
+    words = result_name.rpartition("/")[2].split("_")
+    for start in range(len(words)):  # the whole name first, then without its leading words
+        name = "_".join(words[start:])
+        for spec in METRICS.values():
+            if spec.produces(name):
+                return spec
+    return None
+
+
+def better_direction(result_name: str) -> str | None:
+    """"lower" or "higher": which values of ``result_name`` are better (None: not a metric's result)."""
+    spec = spec_of(result_name)
+    return spec.better if spec else None
+
+
+def shared_protocol(result: MetricResult) -> dict:
+    """The protocol entries that must agree before ``result`` is compared with another model's: all but
+    those its spec calls model-specific (the model's own estimator and the like)."""
+    model_specific = spec_of(result.name).model_specific
+    return {k: v for k, v in result.protocol.items() if k not in model_specific}
+
+
 def supported_metrics(model: nn.Module, metrics: Sequence[str]) -> list[str]:
-    """The metrics of ``metrics`` that ``model`` can be scored on: a likelihood metric needs its surface."""
-    return [name for name in metrics if name not in LIKELIHOOD_METRICS or has_surface(model, LIKELIHOOD_METRICS[name])]
+    """The metrics of ``metrics`` that ``model`` can be scored on: those whose surface it has."""
+    return [name for name in metrics if has_surface(model, METRICS[name].needs)]
 
 
 def check_model_supports(model: nn.Module, metrics: Sequence[str]) -> None:
     """Raise if a metric needs a surface the model lacks (e.g. a likelihood from a GAN)."""
     for name in metrics:
-        if name in SAMPLE_METRICS + MIXTURE_METRICS and not has_surface(model, "sample"):
-            raise MetricError(f"{name} needs samples, but {type(model).__name__} has no `sample` method")
-        needed = LIKELIHOOD_METRICS.get(name)
-        if needed and not has_surface(model, needed):
-            raise MetricError(
-                f"{name} needs an explicit likelihood (`{needed}`), but {type(model).__name__} defines its "
-                f"density only implicitly, so there is no such number to report; remove {name} from the metrics"
-            )
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-class _GivenFeatures(nn.Module):
-    """Lets torchmetrics' FID/KID take features we extracted once, instead of images."""
-
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, features: Tensor) -> Tensor:
-        return features
-
-
-def samples_per_rank(num_samples: int, rank: int, world: int) -> int:
-    return num_samples // world + (1 if rank < num_samples % world else 0)
-
-
-@torch.no_grad()
-def _sample_metrics(model, datamodule, settings: EvaluationSettings, wanted: list[str], device) -> list[MetricResult]:
-    rank, world = _rank_and_world()
-    features_name = settings.features or default_features(model.data_shape)
-    extractor = build_feature_extractor(features_name, settings.features_weights, device)
-    dim = extractor.num_features
-    fid = FrechetInceptionDistance(feature=_GivenFeatures(dim)).to(device)  # float64 sums and covariance sums
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "KID will save all extracted features in buffer"
-        kid = KernelInceptionDistance(feature=_GivenFeatures(dim), subsets=settings.kid_subsets,
-                                      subset_size=settings.kid_subset_size).to(device)
-    precision_recall = PrecisionRecall(k=settings.pr_k).to(device)
-    computed = {"fid": fid, "kid": kid, "precision_recall": precision_recall}
-    used = [computed[name] for name in wanted]
-
-    # Real features: process 0 computes (or reads from the cache) and broadcasts them; each process then
-    # feeds a contiguous share, so every metric state is filled on every process (an empty list state
-    # is skipped by torchmetrics' sync and would desynchronise the processes) and the gathered order
-    # equals the single-process order.
-    if rank == 0:
-        real, key, _ = cached_real_features(datamodule, settings.split, extractor, settings.max_real,
-                                            settings.cache_dir, device, settings.progress)
-        payload = [real.cpu(), key]
-    else:
-        payload = [None, None]
-    if world > 1:
-        dist.broadcast_object_list(payload, src=0)
-    real, key = payload
-    start = sum(samples_per_rank(len(real), r, world) for r in range(rank))
-    share = real[start : start + samples_per_rank(len(real), rank, world)]
-    # One update per kind and process: torchmetrics gathers a list state element by element, so equal
-    # update counts on every process are what keeps KID's gathered order (and the collectives) aligned.
-    for metric in used:
-        metric.update(share.to(device, torch.float64), real=True)
-
-    # a generator per rank: every process draws different samples, reproducibly from the seed
-    generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + rank)
-    todo = samples_per_rank(settings.num_samples, rank, world)
-    fake = []
-    with tqdm(total=todo, desc=f"sampling for {'/'.join(wanted)}", disable=not settings.progress or rank,
-              leave=False) as bar:
-        while todo > 0:
-            n = min(settings.batch_size, todo)
-            images = model.sample(n, generator=generator)
-            fake.append(extractor(images.to(device)).double())
-            todo -= n
-            bar.update(n)
-    for metric in used:
-        metric.update(torch.cat(fake), real=False)
-
-    protocol = {
-        **extractor.protocol(),
-        "real_dataset": key["dataset"],
-        "real_selection": key["args"],  # data_dir, subset, split seed...: what chose the real images
-        "real_split": settings.split,
-        "num_real": len(real),
-        "num_generated": settings.num_samples,
-        "sample_seed": settings.seed,
-    }
-    results = []
-    suffix = extractor.name
-    if "fid" in wanted:
-        results.append(MetricResult(f"fid_{suffix}", float(fid.compute()), protocol))
-    if "kid" in wanted:
-        subset_size = min(settings.kid_subset_size, len(real), settings.num_samples)
-        kid.subset_size = subset_size
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(settings.seed)  # KID draws its subsets from the global generator
-            kid_mean, kid_std = kid.compute()
-        kid_protocol = {**protocol, "kid_subsets": settings.kid_subsets, "kid_subset_size": subset_size,
-                        "kid_std": float(kid_std)}
-        results.append(MetricResult(f"kid_{suffix}", float(kid_mean), kid_protocol))
-    if "precision_recall" in wanted:
-        precision, recall = precision_recall.compute()
-        pr_protocol = {**protocol, "k": settings.pr_k}
-        results += [MetricResult(f"precision_{suffix}", float(precision), pr_protocol),
-                    MetricResult(f"recall_{suffix}", float(recall), pr_protocol)]
-    return results
-
-
-@torch.no_grad()
-def _likelihood_metrics(model, datamodule, settings: EvaluationSettings, wanted: list[str],
-                        device) -> list[MetricResult]:
-    rank, world = _rank_and_world()
-    likelihood_kwargs = {}
-    if settings.importance_samples is not None:
-        if "k" not in inspect.signature(model.log_likelihood).parameters:
-            raise MetricError(f"importance_samples applies to latent-variable models; {type(model).__name__}'s "
-                              "likelihood takes no importance samples")
-        likelihood_kwargs["k"] = settings.importance_samples
-    # float64 sums of ~1e3-nat terms (set_dtype after .to(): .to() resets a metric's dtype)
-    nll, elbo = (MeanMetric().to(device).set_dtype(torch.float64) for _ in range(2))
-    count = torch.zeros((), device=device)
-    loader = datamodule.split_dataloader(settings.split)
-    limit = settings.max_real or len(loader.dataset)
-    seen = 0
-    batches = tqdm(loader, desc=f"likelihood on {settings.split}", disable=not settings.progress or rank, leave=False)
-    for index, batch in enumerate(batches):
-        if seen >= limit:
-            break
-        images = batch_images(batch)[: limit - seen]
-        seen += len(images)
-        if index % world != rank:  # each process takes every world-th batch
+        needed = METRICS[name].needs
+        if has_surface(model, needed):
             continue
-        # every random draw of this batch (binarisation, importance samples) depends only on (seed, batch),
-        # so the result is the same whatever the number of processes
-        torch.manual_seed(settings.seed + index)
-        generator = torch.Generator(device=device).manual_seed(settings.seed + index)
-        x = model.prepare_input(images.to(device), generator)
-        count += len(x)
-        if "nll_bpd" in wanted:
-            nll.update(-model.log_likelihood(x, **likelihood_kwargs).double())
-        if "elbo" in wanted:
-            log_px_z, kl = model.elbo_terms(x, generator)
-            elbo.update((log_px_z - kl).double())
-    if world > 1:
-        dist.all_reduce(count)
-    protocol = {"split": settings.split, "num_images": int(count.item()), "seed": settings.seed,
-                **(model.likelihood_protocol() if has_surface(model, "likelihood_protocol") else {})}
-    if "k" in likelihood_kwargs:
-        protocol["importance_samples"] = likelihood_kwargs["k"]
-    results = []
-    if "nll_bpd" in wanted:
-        nats = float(nll.compute())
-        bpd = nats / (math.prod(model.data_shape) * math.log(2))
-        results.append(MetricResult("nll_bpd", bpd, {**protocol, "nll_nats_per_image": nats}))
-    if "elbo" in wanted:
-        results.append(MetricResult("elbo", float(elbo.compute()), {**protocol, "unit": "nats per image"}))
-    return results
+        if needed == "sample":
+            raise MetricError(f"{name} needs samples, but {type(model).__name__} has no `sample` method")
+        raise MetricError(
+            f"{name} needs an explicit likelihood (`{needed}`), but {type(model).__name__} defines its "
+            f"density only implicitly, so there is no such number to report; remove {name} from the metrics"
+        )
 
 
 def evaluate_model(model, datamodule, settings: EvaluationSettings,
@@ -272,54 +172,22 @@ def evaluate_model(model, datamodule, settings: EvaluationSettings,
     Under ``torch.distributed`` every process must call this (the metrics synchronise); each draws
     its own share of the samples with its own generator, and all return the same results.
     """
-    metrics = parse_metric_names(settings.metrics)
-    check_model_supports(model, metrics)
-    _, world = _rank_and_world()
-    if settings.num_samples < max(2, world) and any(m in SAMPLE_METRICS for m in metrics):
+    names = parse_metric_names(settings.metrics)
+    check_model_supports(model, names)
+    _, world = rank_and_world()
+    if settings.num_samples < max(2, world) and any(name in SAMPLE_METRICS for name in names):
         raise MetricError(f"num_samples must be at least {max(2, world)} (2, and one per process) for "
                           f"{', '.join(SAMPLE_METRICS)}, got {settings.num_samples}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    specs = [spec for name, spec in METRICS.items() if name in names]  # table order: the same on every process
+    run = EvaluationRun(model, datamodule, settings, specs, device)
     was_training = model.training
     model.eval()
     # evaluation draws from its own generators; forking keeps it from moving the global RNG streams
     # (data loaders take seeds from them), so training is the same with or without evaluation
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
+    with torch.random.fork_rng(devices=cuda_devices), torch.no_grad():
         try:
-            return _evaluate(model, datamodule, settings, metrics, device)
+            return [result for spec in specs for result in spec.compute(run)]
         finally:
             model.train(was_training)
-
-
-@torch.no_grad()
-def _mixture_metrics(model, datamodule, settings: EvaluationSettings, device) -> list[MetricResult]:
-    if not hasattr(datamodule, "mixture"):
-        raise MetricError("mode_coverage needs a toy mixture DataModule (ToyMixtureDataModule)")
-    rank, world = _rank_and_world()
-    means = mixture_means(datamodule.mixture)
-    generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + rank)
-    counts, todo = torch.zeros(len(means), device=device), samples_per_rank(settings.num_samples, rank, world)
-    while todo > 0:
-        n = min(settings.batch_size, todo)
-        counts += high_quality_counts(model.sample(n, generator=generator), means, datamodule.std)
-        todo -= n
-    if world > 1:
-        dist.all_reduce(counts)
-    protocol = {"mixture": datamodule.mixture, "std": datamodule.std, "num_generated": settings.num_samples,
-                "sample_seed": settings.seed, "high_quality": "within 3 std of the nearest mode",
-                "covered": "a mode with >= 20% of its fair share of high-quality samples"}
-    values = coverage_from_counts(counts.cpu(), settings.num_samples)
-    return [MetricResult(name, values[name], protocol) for name in ("modes_covered", "high_quality_fraction")]
-
-
-def _evaluate(model, datamodule, settings: EvaluationSettings, metrics: list[str], device) -> list[MetricResult]:
-    results = []
-    if "mode_coverage" in metrics:
-        results += _mixture_metrics(model, datamodule, settings, device)
-    sample_wanted = [m for m in metrics if m in SAMPLE_METRICS]
-    if sample_wanted:
-        results += _sample_metrics(model, datamodule, settings, sample_wanted, device)
-    likelihood_wanted = [m for m in metrics if m in LIKELIHOOD_METRICS]
-    if likelihood_wanted:
-        results += _likelihood_metrics(model, datamodule, settings, likelihood_wanted, device)
-    return results

@@ -141,7 +141,7 @@ def main(args: list[str]) -> None:
     parser.add_argument("--data", required=True, help="the real data: a config name or file, or inline JSON")
     parser.add_argument("--data_dir", help="the real data's folder, if not the config's")
     parser.add_argument("--metrics", default=",".join(SAMPLE_METRICS),
-                        help="comma-separated: fid, kid, precision_recall")
+                        help=f"comma-separated: {', '.join(SAMPLE_METRICS)}")
     parser.add_argument("--split", default="test", help="real split to compare with (train, val or test)")
     parser.add_argument("--max_real", type=int, help="at most this many real images (default: the whole split)")
     parser.add_argument("--features", help="feature extractor (inception, fmnist_clf or a class path)")

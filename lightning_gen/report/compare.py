@@ -39,14 +39,11 @@ from lightning_gen.metrics.registry import (
     MetricResult,
     evaluate_model,
     parse_metric_names,
+    shared_protocol,
+    spec_of,
     supported_metrics,
 )
 from lightning_gen.models.base import has_surface
-
-# protocol entries that describe the model's own estimator, not the data or the evaluation settings
-MODEL_SPECIFIC_PROTOCOL = {"estimator", "importance_samples", "likelihood", "dequantization", "class_prior",
-                           "nll_nats_per_image", "kid_std"}
-CURVE_METRICS = ("val/fid", "val/kid", "val/precision", "val/recall", "val/nll_bpd", "val/elbo")
 
 
 @dataclass
@@ -97,16 +94,20 @@ def load_run(path: str | Path, device: torch.device):
 
 
 def read_curves(folder: Path | None) -> dict[str, list[tuple[int, float]]]:
-    """Validation curves from the run's metrics.csv (CSVLogger): metric -> [(epoch, value)]."""
+    """Validation curves of the registry's metrics from the run's metrics.csv (CSVLogger): key -> [(epoch, value)]."""
     path = folder / "metrics.csv" if folder is not None else None
     if path is None or not path.is_file():
         return {}
     curves: dict[str, list[tuple[int, float]]] = {}
     with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            for key, value in row.items():
-                if key.startswith(CURVE_METRICS) and value not in ("", None) and row.get("epoch") not in ("", None):
-                    curves.setdefault(key, []).append((int(float(row["epoch"])), float(value)))
+        reader = csv.DictReader(handle)
+        keys = [key for key in reader.fieldnames or () if key.startswith("val/") and spec_of(key)]
+        for row in reader:
+            if row.get("epoch") in ("", None):
+                continue
+            for key in keys:
+                if row[key] not in ("", None):
+                    curves.setdefault(key, []).append((int(float(row["epoch"])), float(row[key])))
     return curves
 
 
@@ -161,11 +162,12 @@ def _sampling_speed(model, seed: int, n: int = 64) -> float:
 
 
 def check_protocols(runs: list[ComparedRun]) -> None:
-    """Refuse to put numbers measured under different protocols in one column."""
+    """Refuse to put numbers measured under different protocols in one column (the entries that describe a
+    model's own estimator may differ: see ``shared_protocol``)."""
     first_seen: dict[str, tuple[str, dict]] = {}
     for run in runs:
         for result in run.results + run.latent_holes:
-            shared = {k: v for k, v in result.protocol.items() if k not in MODEL_SPECIFIC_PROTOCOL}
+            shared = shared_protocol(result)
             if result.name not in first_seen:
                 first_seen[result.name] = (run.label, shared)
                 continue

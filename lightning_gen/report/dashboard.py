@@ -19,10 +19,19 @@ from typing import Any, Sequence
 from urllib.parse import urlsplit
 
 from lightning_gen.errors import LightningGenError
+from lightning_gen.metrics.registry import METRICS, spec_of
 
 FAMILIES = ("ae", "vae", "gan", "pixelcnn")
-SHARED_METRICS = ("val/fid_fmnist_clf", "val/kid_fmnist_clf", "val/precision_fmnist_clf", "val/recall_fmnist_clf",
-                  "val/nll_bpd")
+FEATURES = "fmnist_clf"  # every family's config trains on Fashion-MNIST, scored in its classifier's features
+
+
+def shared_metrics(features: str = FEATURES) -> tuple[str, ...]:
+    """The logged keys of the metrics whose spec puts them on the dashboard, in the registry's order."""
+    return tuple(f"val/{name}" for spec in METRICS.values() if spec.on_dashboard
+                 for name in spec.result_names(features))
+
+
+SHARED_METRICS = shared_metrics()
 PICTURES = ("val/samples", "val/reconstructions", "val/interpolations")
 # WandbLogger logs every metric with `trainer/global_step` = the step Lightning passes to loggers, which
 # counts batches (not optimizer steps: a 5:1 GAN would otherwise run 6x faster): one x-axis for every model.
@@ -40,20 +49,24 @@ _SECTIONS = {  # section name -> what a reader needs to know to read its panels
     "Pictures": "The grids PictureLogger logs every validation epoch: samples (every model); reconstructions and "
                 "latent interpolations (models that encode and decode: AE, VAE).",
 }
-_METRICS = {  # logged key -> (section, title, better)
-    "val/fid_fmnist_clf": ("Sample quality", "FID, classifier features", "lower"),
-    "val/kid_fmnist_clf": ("Sample quality", "KID, classifier features", "lower"),
-    "val/precision_fmnist_clf": ("Sample quality", "precision (k = 3), classifier features", "higher"),
-    "val/recall_fmnist_clf": ("Sample quality", "recall (k = 3), classifier features", "higher"),
-    "val/nll_bpd": ("Likelihood", "NLL, bits/dim", "lower"),
-    "val/elbo": ("Likelihood", "ELBO, nats per image", "higher"),
+_TITLES = {  # logged key -> panel title (otherwise the key); section and direction come from the spec
+    "val/fid_fmnist_clf": "FID, classifier features",
+    "val/kid_fmnist_clf": "KID, classifier features",
+    "val/precision_fmnist_clf": "precision (k = 3), classifier features",
+    "val/recall_fmnist_clf": "recall (k = 3), classifier features",
+    "val/nll_bpd": "NLL, bits/dim",
+    "val/elbo": "ELBO, nats per image",
 }
 _COLORS = ("#4E79A7", "#F28E2B", "#E15759", "#59A14F", "#B07AA1", "#76B7B2", "#EDC948", "#FF9DA7")
 
 
 def _metric_title(key: str) -> tuple[str, str]:
-    section, title, better = _METRICS.get(key, ("More metrics", key, None))
-    return section, f"{title} ({better} is better)" if better else title
+    """(section, panel title) of a logged key."""
+    spec = spec_of(key)
+    if spec is None:
+        return "More metrics", key
+    section = "Sample quality" if spec.needs == "sample" else "Likelihood"
+    return section, f"{_TITLES.get(key, key)} ({spec.better} is better)"
 
 
 def dashboard_plan(entity: str, project: str, families: Sequence[str] = FAMILIES,

@@ -15,7 +15,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-LOWER_IS_BETTER = ("fid", "kid", "nll_bpd", "prior_fid", "midpoint_fid")
+from lightning_gen.metrics.registry import better_direction, shared_protocol  # noqa: E402
+
+_ARROWS = {"lower": "↓", "higher": "↑"}
 
 
 def _format(value, digits: int = 3) -> str:
@@ -31,33 +33,48 @@ def metric_columns(runs) -> list[str]:
     return names
 
 
-def table_rows(runs) -> tuple[list[str], list[list[str]]]:
-    columns = metric_columns(runs)
-    header = ["run", "model", "parameters", "fit time (s)", "samples/s", *columns]
+def best_values(runs) -> dict[str, float]:
+    """Per metric column with values from two runs or more, the best value by its spec's direction."""
+    best = {}
+    for name in metric_columns(runs):
+        values = [r.value for run in runs for r in run.results + run.latent_holes if r.name == name]
+        if len(values) > 1:
+            best[name] = min(values) if better_direction(name) == "lower" else max(values)
+    return best
+
+
+def table_rows(runs) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """The header (metric columns marked ↓ or ↑) and, per run, its cells as (text, is the column's best)."""
+    columns, best = metric_columns(runs), best_values(runs)
+    header = ["run", "model", "parameters", "fit time (s)", "samples/s",
+              *(f"{name} {_ARROWS[better_direction(name)]}" for name in columns)]
     rows = []
     for run in runs:
         values = {r.name: r.value for r in run.results + run.latent_holes}
-        rows.append([run.label, run.model_class.rsplit(".", 1)[-1], _format(run.parameters),
-                     _format(run.fit_seconds, 1), _format(run.samples_per_second, 1),
-                     *(_format(values.get(name)) for name in columns)])
+        cells = [run.label, run.model_class.rsplit(".", 1)[-1], _format(run.parameters),
+                 _format(run.fit_seconds, 1), _format(run.samples_per_second, 1)]
+        marked = [(_format(values.get(name)), name in best and values.get(name) == best[name]) for name in columns]
+        rows.append([(cell, False) for cell in cells] + marked)
     return header, rows
 
 
 def markdown_table(runs) -> str:
     header, rows = table_rows(runs)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["| " + " | ".join(f"**{text}**" if is_best else text for text, is_best in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
 def _protocols(runs) -> dict[str, dict]:
-    """Each metric's protocol (shared part from the first run; the estimator per run where it differs)."""
+    """Each metric's protocol: the part every run shares (from the first run), and per run the entries its
+    spec calls model-specific (the estimator and the like)."""
     protocols: dict[str, dict] = {}
     for run in runs:
         for result in run.results + run.latent_holes:
-            entry = protocols.setdefault(result.name, {"protocol": result.protocol, "per_run": {}})
-            if "estimator" in result.protocol:
-                entry["per_run"][run.label] = result.protocol["estimator"]
+            shared = shared_protocol(result)
+            entry = protocols.setdefault(result.name, {"protocol": shared, "per_run": {}})
+            if own := {k: v for k, v in result.protocol.items() if k not in shared}:
+                entry["per_run"][run.label] = own
     return protocols
 
 
@@ -107,18 +124,18 @@ def render_html(runs) -> str:
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
              "img{margin:4px;max-width:100%}img.grid{image-rendering:pixelated;zoom:2}</style></head><body>",
              "<h1>lightning-gen: runs side by side</h1>",
-             "<p>Lower is better for FID, KID and NLL (bits/dim); higher for precision and recall. "
+             "<p>↓: lower is better, ↑: higher is better; the best value of each column is in bold. "
              "prior_fid: decoded N(0, I) samples; midpoint_fid: decoded midpoints of encoded test pairs "
              "(the latent-hole comparison of AE and VAE).</p>",
              "<table id='metrics'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
-        parts.append(f"<tr class='run' data-run='{html.escape(row[0])}'>"
-                     + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append(f"<tr class='run' data-run='{html.escape(row[0][0])}'>" + "".join(
+            f"<td class='best'><b>{html.escape(text)}</b></td>" if is_best else f"<td>{html.escape(text)}</td>"
+            for text, is_best in row) + "</tr>")
     parts.append("</table><h2>Protocols</h2><ul>")
     for name, entry in _protocols(runs).items():
-        shared = {k: v for k, v in entry["protocol"].items() if k not in ("estimator", "nll_nats_per_image", "kid_std")}
-        estimators = "".join(f"; {html.escape(label)}: {html.escape(str(e))}" for label, e in entry["per_run"].items())
-        parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(json.dumps(shared))}{estimators}</li>")
+        own = "".join(f"; {html.escape(label)}: {html.escape(json.dumps(e))}" for label, e in entry["per_run"].items())
+        parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(json.dumps(entry['protocol']))}{own}</li>")
     parts.append("</ul>")
     curves = _curves_png(runs)
     if curves:
