@@ -114,7 +114,9 @@ class LightningGenCLI(LightningCLI):
         the configured model) and a missing or corrupt file is one clear message; and options typed on this
         command line win over the checkpoint's (``sample --model.init_args.sampler reference``), while the
         checkpoint wins over a config file (it says what was trained). One read of the file
-        (``read_checkpoint`` keeps it for ``evaluate``/``sample`` to load the weights from)."""
+        (``read_checkpoint`` keeps it for ``evaluate``/``sample`` to load the weights from). Replace this
+        override when Lightning has a public hook: pytorch-lightning PRs #21408 (``adapt_checkpoint_hparams``)
+        and #21455 (command-line values over the checkpoint's) are open."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not ckpt_path or str(ckpt_path) in _CHECKPOINT_KEYWORDS:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,9 +30,9 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
 from lightning_gen.callbacks.pictures import picture_grids
-from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, import_class, read_checkpoint
+from lightning_gen.checkpoints import class_path, load_run
 from lightning_gen.data.base import batch_images
-from lightning_gen.errors import CheckpointError, LightningGenError
+from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.registry import (
     EvaluationSettings,
     MetricResult,
@@ -61,36 +60,8 @@ class ComparedRun:
     pictures: dict[str, bytes] = field(default_factory=dict)  # kind -> PNG
 
 
-def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
-    """A run folder or a checkpoint -> (checkpoint, run folder or None)."""
-    path = Path(path)
-    if path.is_dir():
-        checkpoint = path / "checkpoints" / "last.ckpt"
-        if not checkpoint.is_file():
-            raise LightningGenError(f"{path} is not a run folder with checkpoints/last.ckpt; pass a run folder "
-                                    "(runs/<name>/version_<n>) or a .ckpt file")
-        return checkpoint, path
-    if path.is_file():
-        return path, path.parent.parent if path.parent.name == "checkpoints" else None
-    raise LightningGenError(f"{path} does not exist; pass a run folder (runs/<name>/version_<n>) or a .ckpt file")
-
-
 def _label(checkpoint: Path, folder: Path | None) -> str:
     return f"{folder.parent.name}/{folder.name}" if folder is not None else checkpoint.stem
-
-
-def load_run(path: str | Path, device: torch.device):
-    """-> (ComparedRun, model, datamodule) rebuilt from what the checkpoint records."""
-    checkpoint_path, folder = resolve_run(path)
-    checkpoint = read_checkpoint(checkpoint_path)
-    model_class, data = checkpoint.get(MODEL_CLASS_KEY), checkpoint.get(DATAMODULE_KEY)
-    if model_class is None or data is None:
-        raise CheckpointError(f"{checkpoint_path} does not record its model class and data; it was not "
-                              "written by `python -m lightning_gen fit`")
-    model = import_class(model_class).load_checkpoint(checkpoint_path, map_location=device).eval()
-    datamodule = import_class(data["class_path"])(**data["init_args"])
-    run = ComparedRun(_label(checkpoint_path, folder), checkpoint_path, folder, model_class)
-    return run, model, datamodule
 
 
 def read_curves(folder: Path | None) -> dict[str, list[tuple[int, float]]]:
@@ -195,7 +166,10 @@ def compare(paths: list[str], out: str | Path = "comparison", metrics: str = "fi
     torch_device = torch.device(device)
     runs = []
     for path in paths:
-        run, model, datamodule = load_run(path, torch_device)
+        loaded = load_run(path, map_location=torch_device)
+        model, datamodule = loaded.model, loaded.datamodule
+        run = ComparedRun(_label(loaded.checkpoint_path, loaded.folder), loaded.checkpoint_path, loaded.folder,
+                          class_path(type(model)))
         supported = supported_metrics(model, wanted)
         run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device)
         if latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
@@ -207,8 +181,7 @@ def compare(paths: list[str], out: str | Path = "comparison", metrics: str = "fi
                                 replace(midpoints, name=f"midpoint_{midpoints.name}")]
         run.parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         run.samples_per_second = _sampling_speed(model, seed)
-        record = run.folder / "run.json" if run.folder is not None else None
-        run.fit_seconds = json.loads(record.read_text())["fit_seconds"] if record and record.is_file() else None
+        run.fit_seconds = loaded.record.get("fit_seconds")
         run.curves = read_curves(run.folder)
         generator = torch.Generator(device=torch_device).manual_seed(seed)
         grids = picture_grids(model, _held_out(datamodule, 16).to(torch_device), generator, num_samples=32)
