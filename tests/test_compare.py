@@ -44,7 +44,7 @@ def test_table_has_every_run_with_the_metrics_its_model_supports(compared):
     records = {Path(r["folder"]).parent.name: r for r in json.loads((out / "comparison.json").read_text())}
     assert list(records) == list(FAMILIES)
     names = {family: {m["name"] for m in r["results"] + r["latent_holes"]} for family, r in records.items()}
-    sample_metrics = {"fid_fmnist_clf", "kid_fmnist_clf", "precision_fmnist_clf", "recall_fmnist_clf"}
+    sample_metrics = {"fid_fmnist_clf", "kid_fmnist_clf", "precision_fmnist_clf", "recall_fmnist_clf", "hf_energy_ratio"}
     holes = {"prior_fid_fmnist_clf", "midpoint_fid_fmnist_clf"}
     assert names["ae_fmnist"] == sample_metrics | holes  # an AE has no likelihood
     assert names["vae_fmnist"] == sample_metrics | holes | {"nll_bpd"}
@@ -96,6 +96,6 @@ def test_report_loads_in_a_headless_browser_with_every_row_and_image(compared):
     assert rows == [f"{family}/version_0" for family in FAMILIES]
     total = int(re.search(r'data-images-total="(\d+)"', dom)[1])
     broken = int(re.search(r'data-images-broken="(\d+)"', dom)[1])
-    # learning curves + AE: samples, reconstructions, interpolations + VAE: the same and its prior samples
-    # + GAN and PixelCNN: samples
-    assert (total, broken) == (1 + 3 + 4 + 1 + 1, 0)
+    # learning curves + power spectra + AE: samples, reconstructions, interpolations + VAE: the same and its
+    # prior samples + GAN and PixelCNN: samples
+    assert (total, broken) == (1 + 1 + 3 + 4 + 1 + 1, 0)

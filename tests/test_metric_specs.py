@@ -38,7 +38,7 @@ def _run(label: str, results: list[MetricResult], holes: list[MetricResult] = ()
 def test_every_spec_is_complete_and_its_result_names_lead_back_to_it():
     for name, spec in METRICS.items():
         assert spec.name == name and spec.results and spec.unit and spec.needs in SURFACES, name
-        assert spec.better in ("lower", "higher") and spec.data in ("images", "points"), name
+        assert spec.better in ("lower", "higher", "nearer 1") and spec.data in ("images", "points"), name
         for result in spec.result_names("fmnist_clf"):
             # as logged, under a stage, and derived by the report (compare's prior_/midpoint_ latent holes)
             for shown in (result, f"val/{result}", f"test/{result}", f"prior_{result}", f"midpoint_{result}"):
@@ -99,10 +99,12 @@ def test_the_report_marks_each_columns_best_value_by_its_specs_direction():
     runs = [_run(label, [MetricResult(n, value) for n in columns], [MetricResult(n, value) for n in holes])
             for label, value in (("small", 1.0), ("large", 2.0))]
     header, rows = table_rows(runs)
+    arrows = {"lower": "↓", "higher": "↑", "nearer 1": "→1"}
     for index, name in enumerate(columns + holes, start=5):
-        lower = spec_of(name).better == "lower"
-        assert header[index] == f"{name} {'↓' if lower else '↑'}"
-        best, other = (rows[0], rows[1]) if lower else (rows[1], rows[0])
+        direction = spec_of(name).better
+        assert header[index] == f"{name} {arrows[direction]}"
+        # 1.0 against 2.0: the smaller is best when lower is better, and when nearer 1 is
+        best, other = (rows[1], rows[0]) if direction == "higher" else (rows[0], rows[1])
         assert best[index][1] and not other[index][1], name
     table = markdown_table(runs).splitlines()
     fid = columns.index("fid_fmnist_clf") + 5
@@ -125,35 +127,35 @@ def test_protocol_entries_that_a_spec_calls_model_specific_may_differ_between_ru
 
 
 @pytest.fixture
-def sharpness(monkeypatch):
+def crispness(monkeypatch):
     """A made-up metric added to the table: one row, one compute function."""
-    spec = MetricSpec("sharpness", ("sharpness_{features}",), "sample", "images", "a.u.", "higher",
-                      compute=lambda run: [MetricResult("sharpness_given", 0.5, {"temperature": 1.0})],
+    spec = MetricSpec("crispness", ("crispness_{features}",), "sample", "images", "a.u.", "higher",
+                      compute=lambda run: [MetricResult("crispness_given", 0.5, {"temperature": 1.0})],
                       model_specific=frozenset({"temperature"}), on_dashboard=True)
-    monkeypatch.setitem(METRICS, "sharpness", spec)
+    monkeypatch.setitem(METRICS, "crispness", spec)
     return spec
 
 
-def test_a_spec_added_to_the_table_is_requested_computed_and_reported_with_its_direction(sharpness):
-    assert parse_metric_names("fid, sharpness") == ["fid", "sharpness"]
-    with pytest.raises(MetricError, match="choose from .*sharpness"):
+def test_a_spec_added_to_the_table_is_requested_computed_and_reported_with_its_direction(crispness):
+    assert parse_metric_names("fid, crispness") == ["fid", "crispness"]
+    with pytest.raises(MetricError, match="choose from .*crispness"):
         parse_metric_names("sharpnes")
     (result,) = evaluate_model(ImageBankModel(torch.zeros(4, 1, 28, 28)), None,
-                               EvaluationSettings(metrics=["sharpness"], progress=False), "cpu")
-    assert result.name == "sharpness_given" and spec_of(result.name) is sharpness
-    assert better_direction("prior_sharpness_x") == "higher"
+                               EvaluationSettings(metrics=["crispness"], progress=False), "cpu")
+    assert result.name == "crispness_given" and spec_of(result.name) is crispness
+    assert better_direction("prior_crispness_x") == "higher"
 
     def run(label, value, temperature):
-        return _run(label, [MetricResult("sharpness_x", value, {"temperature": temperature, "num_real": 10})])
+        return _run(label, [MetricResult("crispness_x", value, {"temperature": temperature, "num_real": 10})])
 
     runs = [run("a", 0.2, 1.0), run("b", 0.9, 2.0)]
     check_protocols(runs)  # its model-specific entry may differ
     header, rows = table_rows(runs)
-    assert header[-1] == "sharpness_x ↑" and rows[1][-1] == ("0.900", True) and rows[0][-1] == ("0.200", False)
+    assert header[-1] == "crispness_x ↑" and rows[1][-1] == ("0.900", True) and rows[0][-1] == ("0.200", False)
     plan = dashboard.dashboard_plan("me", "p", metrics=dashboard.shared_metrics())
     (quality,) = [s for s in plan["sections"] if s["name"] == "Sample quality"]
     titles = {p["keys"][0]: p["title"] for p in quality["panels"] if p["kind"] == "line"}
-    assert titles["val/sharpness_fmnist_clf"] == "val/sharpness_fmnist_clf (higher is better)"
+    assert titles["val/crispness_fmnist_clf"] == "val/crispness_fmnist_clf (higher is better)"
 
 
 def test_the_dashboards_shared_keys_are_the_specs_that_ask_for_it(monkeypatch):

@@ -30,6 +30,7 @@ from lightning_gen.metrics.features import build_feature_extractor, default_feat
 from lightning_gen.metrics.mode_coverage import coverage_from_counts, high_quality_counts
 from lightning_gen.metrics.precision_recall import PrecisionRecall
 from lightning_gen.metrics.real_features import cached_real_features
+from lightning_gen.metrics.spectrum import NYQUIST_SHARE, PowerSpectrum, high_frequency_ratio
 from lightning_gen.models.base import has_surface
 
 if TYPE_CHECKING:
@@ -120,18 +121,13 @@ class EvaluationRun:
         start = sum(samples_per_rank(len(real), r, world) for r in range(rank))
         share = real[start : start + samples_per_rank(len(real), rank, world)]
 
-        # a generator per rank: every process draws different samples, reproducibly from the seed
-        generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + rank)
-        todo = samples_per_rank(settings.num_samples, rank, world)
-        fake = []
-        with tqdm(total=todo, desc=f"sampling for {extractor.name} features", disable=not settings.progress or rank,
-                  leave=False) as bar:
-            while todo > 0:
-                n = min(settings.batch_size, todo)
-                images = model.sample(n, generator=generator)
-                fake.append(extractor(images.to(device)).double())
-                todo -= n
-                bar.update(n)
+        fake, self._sample_spectrum = [], PowerSpectrum()
+
+        def consume(images: Tensor) -> None:
+            fake.append(extractor(images.to(device)).double())
+            self._sample_spectrum.update(images)  # cheap beside sampling: the sharpness metric's, if asked
+
+        self._draw_samples(consume, f"sampling for {extractor.name} features")
         protocol = {
             **extractor.protocol(),
             "real_dataset": key["dataset"],
@@ -143,6 +139,46 @@ class EvaluationRun:
         }
         return SampleFeatures(extractor.name, extractor.num_features, share.to(device, torch.float64),
                               torch.cat(fake), len(real), protocol)
+
+    def _draw_samples(self, consume, description: str) -> None:
+        """This process's share of ``num_samples`` samples, batch by batch, to ``consume(images)``."""
+        settings, rank = self.settings, self.rank
+        # a generator per rank: every process draws different samples, reproducibly from the seed
+        generator = torch.Generator(device=self.device).manual_seed(settings.seed * 1000 + rank)
+        todo = samples_per_rank(settings.num_samples, rank, self.world)
+        with tqdm(total=todo, desc=description, disable=not settings.progress or rank, leave=False) as bar:
+            while todo > 0:
+                n = min(settings.batch_size, todo)
+                consume(self.model.sample(n, generator=generator))
+                todo -= n
+                bar.update(n)
+
+    @cached_property
+    def sample_spectrum(self) -> PowerSpectrum:
+        """The power spectrum of all processes' samples: from the features pass when a metric needs features
+        (the same samples), else from a pass of its own."""
+        if any(spec.features for spec in self.specs):
+            self.features  # noqa: B018  (the pass fills _sample_spectrum)
+            spectrum = self._sample_spectrum
+        else:
+            spectrum = PowerSpectrum()
+            self._draw_samples(spectrum.update, "sampling for the power spectrum")
+        spectrum.all_reduce()
+        return spectrum
+
+    @cached_property
+    def real_spectrum(self) -> tuple[PowerSpectrum, int]:
+        """The power spectrum of up to ``max_real`` images of the real split (each process reads them all: FFTs
+        of the images are cheap), and how many images it holds."""
+        spectrum, seen = PowerSpectrum(), 0
+        limit = self.settings.max_real or float("inf")
+        for batch in self.datamodule.split_dataloader(self.settings.split):
+            images = batch_images(batch)[: int(min(limit - seen, len(batch_images(batch))))]
+            spectrum.update(images)
+            seen += len(images)
+            if seen >= limit:
+                break
+        return spectrum, seen
 
     @cached_property
     def likelihood_kwargs(self) -> dict:
@@ -264,3 +300,12 @@ def compute_mode_coverage(run: EvaluationRun) -> list[MetricResult]:
                 "covered": "a mode with >= 20% of its fair share of high-quality samples"}
     values = coverage_from_counts(counts.cpu(), settings.num_samples)
     return [MetricResult(name, values[name], protocol) for name in ("modes_covered", "high_quality_fraction")]
+
+
+def compute_sharpness(run: EvaluationRun) -> list[MetricResult]:
+    samples, (real, num_real) = run.sample_spectrum, run.real_spectrum
+    protocol = {"real_split": run.settings.split, "num_real": num_real, "num_generated": run.settings.num_samples,
+                "sample_seed": run.settings.seed, "cutoff": f"radius > {NYQUIST_SHARE} x Nyquist",
+                "real_spectrum": [round(float(v), 6) for v in real.radial()],
+                "sample_spectrum": [round(float(v), 6) for v in samples.radial()]}
+    return [MetricResult("hf_energy_ratio", high_frequency_ratio(samples, real), protocol)]

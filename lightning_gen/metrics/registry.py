@@ -13,6 +13,7 @@ extracted once (float64 sums), and all states reduce across processes, so DDP sy
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Sequence
 
@@ -29,6 +30,7 @@ from lightning_gen.metrics.compute import (
     compute_mode_coverage,
     compute_nll_bpd,
     compute_precision_recall,
+    compute_sharpness,
     elbo_per_image,
     nll_per_image,
     rank_and_world,
@@ -67,8 +69,9 @@ class MetricSpec:
     needs: str  # the model surface it calls: "sample", "log_likelihood" or "elbo_terms"
     data: Literal["images", "points"]  # images (scored in an extractor's features) or a toy 2-D mixture
     unit: str
-    better: Literal["lower", "higher"]
+    better: Literal["lower", "higher", "nearer 1"]
     compute: Callable[[EvaluationRun], list[MetricResult]]
+    features: bool = False  # scored in a feature extractor's space (FID and the like): needs its weights
     model_specific: frozenset[str] = frozenset()  # protocol entries that may differ between compared models
     # metrics averaged over the real split: the value per image, computed in the split pass the run shares
     per_image: Callable[[EvaluationRun, Tensor, torch.Generator], Tensor] | None = None
@@ -94,22 +97,27 @@ _ESTIMATOR = frozenset({"estimator", "importance_samples", "likelihood", "dequan
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
     MetricSpec("fid", ("fid_{features}",), "sample", "images", "Fréchet distance of feature Gaussians", "lower",
-               compute_fid, on_dashboard=True),
+               compute_fid, features=True, on_dashboard=True),
     MetricSpec("kid", ("kid_{features}",), "sample", "images", "unbiased MMD², cubic kernel, mean of subsets",
-               "lower", compute_kid, model_specific=frozenset({"kid_std"}), on_dashboard=True),
+               "lower", compute_kid, features=True, model_specific=frozenset({"kid_std"}), on_dashboard=True),
     MetricSpec("precision_recall", ("precision_{features}", "recall_{features}"), "sample", "images",
                "share of samples on the real manifold, of real images on the sample manifold (k-NN balls)",
-               "higher", compute_precision_recall, on_dashboard=True),
+               "higher", compute_precision_recall, features=True, on_dashboard=True),
     MetricSpec("nll_bpd", ("nll_bpd",), "log_likelihood", "images", "bits per dimension", "lower", compute_nll_bpd,
                model_specific=_ESTIMATOR | {"nll_nats_per_image"}, per_image=nll_per_image, on_dashboard=True),
     MetricSpec("elbo", ("elbo",), "elbo_terms", "images", "nats per image", "higher", compute_elbo,
                model_specific=_ESTIMATOR, per_image=elbo_per_image),
+    MetricSpec("sharpness", ("hf_energy_ratio",), "sample", "images",
+               "power above half the Nyquist frequency, samples over real images (< 1 blurrier, > 1 noisier)",
+               "nearer 1", compute_sharpness, model_specific=frozenset({"sample_spectrum"})),
     MetricSpec("mode_coverage", ("modes_covered", "high_quality_fraction"), "sample", "points",
                "modes covered (count), share of samples within 3 std of a mode", "higher", compute_mode_coverage),
 )}
 METRIC_NAMES = tuple(METRICS)
 # scored from samples alone, in image features: the callback's default and `evaluate --samples`'s choice
-SAMPLE_METRICS = tuple(name for name, spec in METRICS.items() if spec.needs == "sample" and spec.data == "images")
+SAMPLE_METRICS = tuple(name for name, spec in METRICS.items() if spec.features)
+# everything that images alone can be scored on (`evaluate --samples`)
+IMAGE_SAMPLE_METRICS = tuple(name for name, spec in METRICS.items() if spec.needs == "sample" and spec.data == "images")
 
 
 def parse_metric_names(metrics: str | Sequence[str]) -> list[str]:
@@ -134,9 +142,17 @@ def spec_of(result_name: str) -> MetricSpec | None:
 
 
 def better_direction(result_name: str) -> str | None:
-    """"lower" or "higher": which values of ``result_name`` are better (None: not a metric's result)."""
+    """"lower", "higher" or "nearer 1": which values of ``result_name`` are better (None: not a metric's)."""
     spec = spec_of(result_name)
     return spec.better if spec else None
+
+
+def best_of(result_name: str, values: Sequence[float]) -> float:
+    """The best of ``values`` of ``result_name`` by its spec's direction."""
+    direction = better_direction(result_name)
+    if direction == "nearer 1":
+        return min(values, key=lambda value: abs(math.log(value)) if value > 0 else math.inf)
+    return min(values) if direction == "lower" else max(values)
 
 
 def shared_protocol(result: MetricResult) -> dict:

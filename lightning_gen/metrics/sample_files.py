@@ -22,7 +22,13 @@ from torch import Tensor, nn
 from lightning_gen.checkpoints import import_class
 from lightning_gen.data.pixels import from_uint8_levels
 from lightning_gen.errors import ConfigValueError, LightningGenError
-from lightning_gen.metrics.registry import SAMPLE_METRICS, EvaluationSettings, evaluate_model, parse_metric_names
+from lightning_gen.metrics.registry import (
+    IMAGE_SAMPLE_METRICS,
+    SAMPLE_METRICS,
+    EvaluationSettings,
+    evaluate_model,
+    parse_metric_names,
+)
 from lightning_gen.packaged_configs import resolve_config
 
 IMAGE_CHANNELS = (1, 3)
@@ -141,7 +147,7 @@ def main(args: list[str]) -> None:
     parser.add_argument("--data", required=True, help="the real data: a config name or file, or inline JSON")
     parser.add_argument("--data_dir", help="the real data's folder, if not the config's")
     parser.add_argument("--metrics", default=",".join(SAMPLE_METRICS),
-                        help=f"comma-separated: {', '.join(SAMPLE_METRICS)}")
+                        help=f"comma-separated: {', '.join(IMAGE_SAMPLE_METRICS)}")
     parser.add_argument("--split", default="test", help="real split to compare with (train, val or test)")
     parser.add_argument("--max_real", type=int, help="at most this many real images (default: the whole split)")
     parser.add_argument("--features", help="feature extractor (inception, fmnist_clf or a class path)")
@@ -150,9 +156,9 @@ def main(args: list[str]) -> None:
     parser.add_argument("--batch_size", type=int, default=500, help="images per feature batch")
     options = parser.parse_args(args)
     names = parse_metric_names(options.metrics)
-    if not_sample := [name for name in names if name not in SAMPLE_METRICS]:
+    if not_sample := [name for name in names if name not in IMAGE_SAMPLE_METRICS]:
         raise ConfigValueError(f"--metrics {', '.join(not_sample)}: samples alone have no likelihood; "
-                               f"choose from {', '.join(SAMPLE_METRICS)}")
+                               f"choose from {', '.join(IMAGE_SAMPLE_METRICS)}")
     settings = EvaluationSettings(metrics=names, split=options.split, max_real=options.max_real,
                                   features=options.features, features_weights=options.features_weights,
                                   seed=options.seed, batch_size=options.batch_size)

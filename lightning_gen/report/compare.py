@@ -152,7 +152,8 @@ def check_protocols(runs: list[ComparedRun]) -> None:
                     "data and features (train them with the same data config)")
 
 
-def compare(paths: list[str], out: str | Path = "comparison", metrics: str = "fid,kid,precision_recall,nll_bpd",
+def compare(paths: list[str], out: str | Path = "comparison",
+            metrics: str = "fid,kid,precision_recall,sharpness,nll_bpd",
             num_samples: int = 2000, max_real: int | None = 2000, features: str | None = None,
             features_weights: str | None = None, seed: int = 0, batch_size: int = 250,
             latent_holes: bool = True, device: str = "cpu", progress: bool = True) -> Path:
@@ -197,7 +198,7 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m lightning_gen compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders (runs/<name>/version_<n>) or .ckpt files")
     parser.add_argument("--out", default="comparison", help="output folder (report.html, report.md, comparison.json)")
-    parser.add_argument("--metrics", default="fid,kid,precision_recall,nll_bpd",
+    parser.add_argument("--metrics", default="fid,kid,precision_recall,sharpness,nll_bpd",
                         help="metrics for every run; likelihood metrics only where the model has one")
     parser.add_argument("--num_samples", type=int, default=2000, help="generated samples per sample metric")
     parser.add_argument("--max_real", type=int, default=2000, help="real test images (0: the whole split)")

@@ -15,9 +15,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from lightning_gen.metrics.registry import better_direction, shared_protocol  # noqa: E402
+from lightning_gen.metrics.registry import best_of, better_direction, shared_protocol  # noqa: E402
 
-_ARROWS = {"lower": "↓", "higher": "↑"}
+_ARROWS = {"lower": "↓", "higher": "↑", "nearer 1": "→1"}
 
 
 def _format(value, digits: int = 3) -> str:
@@ -39,7 +39,7 @@ def best_values(runs) -> dict[str, float]:
     for name in metric_columns(runs):
         values = [r.value for run in runs for r in run.results + run.latent_holes if r.name == name]
         if len(values) > 1:
-            best[name] = min(values) if better_direction(name) == "lower" else max(values)
+            best[name] = best_of(name, values)
     return best
 
 
@@ -102,6 +102,27 @@ def _curves_png(runs) -> bytes | None:
     return buffer.getvalue()
 
 
+def _spectra_png(runs) -> bytes | None:
+    """The radially averaged power spectrum of each run's samples against the real images' (the sharpness
+    metric's protocol keeps both)."""
+    spectra = {run.label: result.protocol for run in runs for result in run.results
+               if result.name == "hf_energy_ratio" and "sample_spectrum" in result.protocol}
+    if not spectra:
+        return None
+    figure, axis = plt.subplots(figsize=(5.5, 3.6))
+    axis.semilogy(next(iter(spectra.values()))["real_spectrum"], color="black", linewidth=2.5, label="real images")
+    for label, protocol in spectra.items():
+        axis.semilogy(protocol["sample_spectrum"], marker=".", label=label)
+    axis.set_xlabel("spatial frequency (cycles per image)")
+    axis.set_ylabel("power per image")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def _img(png: bytes, alt: str, css_class: str = "") -> str:
     return (f'<img class="{css_class}" alt="{html.escape(alt)}" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
@@ -124,7 +145,8 @@ def render_html(runs) -> str:
              "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
              "img{margin:4px;max-width:100%}img.grid{image-rendering:pixelated;zoom:2}</style></head><body>",
              "<h1>lightning-gen: runs side by side</h1>",
-             "<p>↓: lower is better, ↑: higher is better; the best value of each column is in bold. "
+             "<p>↓: lower is better, ↑: higher is better, →1: nearer 1 is better; the best value of each column is "
+             "in bold. "
              "prior_fid: decoded N(0, I) samples; midpoint_fid: decoded midpoints of encoded test pairs "
              "(the latent-hole comparison of AE and VAE).</p>",
              "<table id='metrics'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
@@ -140,6 +162,11 @@ def render_html(runs) -> str:
     curves = _curves_png(runs)
     if curves:
         parts += ["<h2>Learning curves</h2>", _img(curves, "learning curves")]
+    spectra = _spectra_png(runs)
+    if spectra:
+        parts += ["<h2>Power spectra</h2><p>Power above half the Nyquist frequency, samples over real images, is "
+                  "hf_energy_ratio: below 1 the samples are blurrier than real images, above 1 noisier.</p>",
+                  _img(spectra, "power spectra")]
     for run in runs:
         parts.append(f"<h2 class='pictures' data-run='{html.escape(run.label)}'>{html.escape(run.label)}</h2>")
         for kind, png in run.pictures.items():
