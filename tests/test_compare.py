@@ -44,7 +44,8 @@ def test_table_has_every_run_with_the_metrics_its_model_supports(compared):
     records = {Path(r["folder"]).parent.name: r for r in json.loads((out / "comparison.json").read_text())}
     assert list(records) == list(FAMILIES)
     names = {family: {m["name"] for m in r["results"] + r["latent_holes"]} for family, r in records.items()}
-    sample_metrics = {"fid_fmnist_clf", "kid_fmnist_clf", "precision_fmnist_clf", "recall_fmnist_clf", "hf_energy_ratio"}
+    sample_metrics = {"fid_fmnist_clf", "kid_fmnist_clf", "precision_fmnist_clf", "recall_fmnist_clf",
+                      "hf_energy_ratio"}
     holes = {"prior_fid_fmnist_clf", "midpoint_fid_fmnist_clf"}
     assert names["ae_fmnist"] == sample_metrics | holes  # an AE has no likelihood
     assert names["vae_fmnist"] == sample_metrics | holes | {"nll_bpd"}
