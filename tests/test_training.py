@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lightning_gen.data import FashionMNISTDataModule, ImageFolderDataModule, MNISTDataModule
-from lightning_gen.models import AE, GAN, VAE, PixelCNN
+from lightning_gen.models import AE, GAN, VAE, VQVAE, PixelCNN
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
@@ -70,6 +70,7 @@ MODELS = {
     "pixelcnn": lambda shape: PixelCNN(data_shape=shape, hidden=12, layers=2, kernel_size=3),
     "pixelcnn_mixture": lambda shape: PixelCNN(data_shape=shape, distribution="logistic_mixture", hidden=12, layers=2),
     "gan": lambda shape: GAN(data_shape=shape, latent_dim=8, width=8),
+    "vqvae": lambda shape: VQVAE(data_shape=shape, num_codes=8, code_dim=4, channels=8, residual_blocks=1),
 }
 
 

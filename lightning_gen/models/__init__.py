@@ -4,5 +4,6 @@ from lightning_gen.models.autoencoder import AE, VAE
 from lightning_gen.models.base import GenerativeModule, has_surface
 from lightning_gen.models.gan import GAN
 from lightning_gen.models.pixelcnn import PixelCNN
+from lightning_gen.models.vqvae import VQVAE
 
-__all__ = ["AE", "GAN", "VAE", "GenerativeModule", "PixelCNN", "has_surface"]
+__all__ = ["AE", "GAN", "VAE", "GenerativeModule", "PixelCNN", "VQVAE", "has_surface"]
