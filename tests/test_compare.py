@@ -58,8 +58,20 @@ def test_table_has_every_run_with_the_metrics_its_model_supports(compared):
         assert record["parameters"] > 0 and record["samples_per_second"] > 0 and record["fit_seconds"] > 0
         assert "val/fid_fmnist_clf" not in record["curves"]  # this budget-only run had no evaluation callback
     assert records["vae_fmnist"]["curves"]["val/elbo"][0][0] == 0  # (epoch, value) pairs from metrics.csv
-    table = (out / "report.md").read_text().splitlines()
+    table = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(FAMILIES) and all(f"{family}/version_0" in "".join(table) for family in FAMILIES)
+    # what each model can do, read from its surface
+    likelihoods = {family: r["capabilities"]["likelihood"] for family, r in records.items()}
+    assert likelihoods == {"ae_fmnist": "none (implicit density)", "vae_fmnist": "explicit: IWAE bound",
+                           "gan_fmnist": "none (implicit density)",
+                           "pixelcnn_fmnist": "explicit: exact autoregressive likelihood"}
+    assert [f for f, r in records.items() if r["capabilities"]["encoder"] == "yes"] == ["ae_fmnist", "vae_fmnist"]
+    assert set(records["pixelcnn_fmnist"]["sampling"]) == {"batch 1", "batch 64", "batch 1, reference sampler",
+                                                         "batch 64, reference sampler"}
+    assert set(records["gan_fmnist"]["sampling"]) == {"batch 1", "batch 64"}
+    claims = [line for line in (out / "report.md").read_text().splitlines() if line.startswith("- ")]
+    assert len(claims) == 3 and "implicit density and only generates" in claims[1]
+    assert claims[1].split(": ")[1] == "confirmed"  # a fact of the four models' surfaces
 
 
 def test_runs_measured_on_other_data_are_refused(compared, capsys):

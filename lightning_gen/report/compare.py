@@ -8,8 +8,11 @@ run folder holds (learning curves from ``metrics.csv``, the fit time from ``run.
   samples of the prior N(0, I) and of decoded midpoints (z_a + z_b) / 2 between pairs of encoded test
   images. A VAE's KL term pulls its codes towards the prior, so both stay close to its sample FID;
   an AE's codes can sit anywhere, so N(0, I) and midpoints land in holes of its latent space;
-- parameter counts (trainable), sampling speed (samples/s for a batch of 64), sample grids,
-  reconstructions and interpolations.
+- parameter counts (trainable), sampling speed (samples/s at batch 1 and 64, and with each sampler of a
+  model that has several), what each model can do (``report/claims.py: capabilities``), sample grids,
+  reconstructions and interpolations;
+- a summary that opens the report: each textbook claim (VAE blur, implicit vs explicit density, slow
+  autoregressive sampling) and whether these runs confirm it, with the numbers (``claim_summary``).
 
 Every metric's protocol (features, real images, sample count, ...) must agree across runs; a run
 evaluated against other data is refused rather than put in the same column. Writes ``report.html``
@@ -21,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from lightning_gen.metrics.registry import (
     supported_metrics,
 )
 from lightning_gen.models.base import has_surface
+from lightning_gen.report.claims import capabilities, sampling_speeds
 
 
 @dataclass
@@ -54,7 +57,9 @@ class ComparedRun:
     results: list[MetricResult] = field(default_factory=list)
     latent_holes: list[MetricResult] = field(default_factory=list)
     parameters: int = 0
-    samples_per_second: float = 0.0
+    samples_per_second: float = 0.0  # at batch 64, the default sampler
+    sampling: dict[str, float] = field(default_factory=dict)  # samples/s by batch size and sampler
+    capabilities: dict[str, str] = field(default_factory=dict)  # likelihood, encoder, ... (report/claims.py)
     fit_seconds: float | None = None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     pictures: dict[str, bytes] = field(default_factory=dict)  # kind -> PNG
@@ -125,13 +130,6 @@ def _png(images: Tensor, nrow: int) -> bytes:
 
 
 @torch.no_grad()
-def _sampling_speed(model, seed: int, n: int = 64) -> float:
-    generator = torch.Generator(device=model.device).manual_seed(seed)
-    start = time.perf_counter()
-    model.sample(n, generator=generator)
-    return n / (time.perf_counter() - start)
-
-
 def check_protocols(runs: list[ComparedRun]) -> None:
     """Refuse to put numbers measured under different protocols in one column (the entries that describe a
     model's own estimator may differ: see ``shared_protocol``)."""
@@ -181,7 +179,9 @@ def compare(paths: list[str], out: str | Path = "comparison",
             run.latent_holes = [replace(prior, name=f"prior_{prior.name}"),
                                 replace(midpoints, name=f"midpoint_{midpoints.name}")]
         run.parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        run.samples_per_second = _sampling_speed(model, seed)
+        run.sampling = sampling_speeds(model, seed)
+        run.samples_per_second = run.sampling["batch 64"]
+        run.capabilities = capabilities(model)
         run.fit_seconds = loaded.record.get("fit_seconds")
         run.curves = read_curves(run.folder)
         generator = torch.Generator(device=torch_device).manual_seed(seed)

@@ -16,6 +16,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_gen.metrics.registry import best_of, better_direction, shared_protocol  # noqa: E402
+from lightning_gen.report.claims import claim_summary  # noqa: E402
 
 _ARROWS = {"lower": "↓", "higher": "↑", "nearer 1": "→1"}
 
@@ -123,6 +124,20 @@ def _spectra_png(runs) -> bytes | None:
     return buffer.getvalue()
 
 
+def _capability_table(runs) -> list[str]:
+    """Rows: each capability and each sampling speed; columns: the runs."""
+    rows = {name: [run.capabilities.get(name, "—") for run in runs]
+            for name in dict.fromkeys(name for run in runs for name in run.capabilities)}
+    rows |= {f"samples/s, {name}": [_format(run.sampling.get(name), 1) for run in runs]
+             for name in dict.fromkeys(name for run in runs for name in run.sampling)}
+    if not rows:
+        return []
+    head = "".join(f"<th>{html.escape(run.label)}</th>" for run in runs)
+    body = "".join(f"<tr><td>{html.escape(name)}</td>" + "".join(f"<td>{html.escape(v)}</td>" for v in values)
+                   + "</tr>" for name, values in rows.items())
+    return ["<h2>Capabilities</h2>", f"<table id='capabilities'><tr><th>capability</th>{head}</tr>{body}</table>"]
+
+
 def _img(png: bytes, alt: str, css_class: str = "") -> str:
     return (f'<img class="{css_class}" alt="{html.escape(alt)}" '
             f'src="data:image/png;base64,{base64.b64encode(png).decode()}">')
@@ -149,12 +164,17 @@ def render_html(runs) -> str:
              "in bold. "
              "prior_fid: decoded N(0, I) samples; midpoint_fid: decoded midpoints of encoded test pairs "
              "(the latent-hole comparison of AE and VAE).</p>",
+             "<h2>What the field says, and what these runs show</h2><ul id='claims'>",
+             *(f"<li>{html.escape(line)}</li>" for line in claim_summary(runs)), "</ul>",
+             "<h2>Metrics</h2>",
              "<table id='metrics'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
         parts.append(f"<tr class='run' data-run='{html.escape(row[0][0])}'>" + "".join(
             f"<td class='best'><b>{html.escape(text)}</b></td>" if is_best else f"<td>{html.escape(text)}</td>"
             for text, is_best in row) + "</tr>")
-    parts.append("</table><h2>Protocols</h2><ul>")
+    parts.append("</table>")
+    parts += _capability_table(runs)
+    parts.append("<h2>Protocols</h2><ul>")
     for name, entry in _protocols(runs).items():
         own = "".join(f"; {html.escape(label)}: {html.escape(json.dumps(e))}" for label, e in entry["per_run"].items())
         parts.append(f"<li><b>{html.escape(name)}</b>: {html.escape(json.dumps(entry['protocol']))}{own}</li>")
@@ -184,6 +204,7 @@ def write_report(runs, out: Path) -> Path:
         record["checkpoint"], record["folder"] = str(run.checkpoint), str(run.folder) if run.folder else None
         records.append(record)
     (out / "comparison.json").write_text(json.dumps(records, indent=1) + "\n")
-    (out / "report.md").write_text(markdown_table(runs))
+    claims = "".join(f"- {line}\n" for line in claim_summary(runs))
+    (out / "report.md").write_text(f"{claims}\n{markdown_table(runs)}")
     (out / "report.html").write_text(render_html(runs))
     return out
