@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import json
 import math
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError, check_range
-from lightning_gen.files import atomic_write
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
     EvaluationSettings,
@@ -49,6 +47,7 @@ from lightning_gen.metrics.registry import (
     parse_metric_names,
     supported_metrics,
 )
+from lightning_gen.metrics.results import format_table, write_metrics_json
 from lightning_gen.runs import (
     check_writable,
     checkpoint_space_needed,
@@ -67,34 +66,6 @@ def _load_weights(model, ckpt_path: str | None, command: str):
     check_model_class(checkpoint, type(model), ckpt_path)
     model.load_state_dict(checkpoint["state_dict"])
     return model
-
-
-def format_table(results: list[MetricResult]) -> str:
-    lines = [f"{'metric':<24} {'value':>12}  protocol"]
-    for result in results:
-        p = result.protocol
-        if "features" in p:
-            where = (f"{p['features']} features, {p.get('num_generated')} samples vs {p.get('num_real')} "
-                     f"{p.get('real_split')} images")
-        elif "mixture" in p:
-            where = f"{p.get('num_generated')} samples of the {p['mixture']} mixture, {p.get('high_quality')}"
-        else:
-            where = f"{p.get('num_images')} {p.get('split')} images, {p.get('estimator', 'exact')}"
-        lines.append(f"{result.name:<24} {result.value:>12.5f}  {where}")
-    return "\n".join(lines)
-
-
-def write_metrics_json(ckpt_path: str, results: list[MetricResult], settings: EvaluationSettings) -> Path:
-    """Merge this checkpoint's results into ``metrics.json`` beside it (one entry per checkpoint file)."""
-    path = Path(ckpt_path).parent / "metrics.json"
-    everything = json.loads(path.read_text()) if path.is_file() else {}
-    everything[Path(ckpt_path).name] = {
-        "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "settings": {k: v for k, v in settings.__dict__.items() if k not in ("progress", "cache_dir")},
-        "results": [r.to_dict() for r in results],
-    }
-    atomic_write(path, lambda temporary: temporary.write_text(json.dumps(everything, indent=2) + "\n"))
-    return path
 
 
 def save_scatter(points: torch.Tensor, path: Path) -> None:

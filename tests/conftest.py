@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 from pathlib import Path
 
@@ -12,6 +13,12 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on a 2-core machine: one thread each (and in the processes they
+    # start) instead of two threads apiece fighting over both cores
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 CONFIGS = REPO / "configs"
 FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -58,3 +65,16 @@ def in_tmp_dir(tmp_path: Path, monkeypatch) -> Path:
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "spread: may run on any pytest-xdist worker, apart from its module")
+
+
+def pytest_collection_modifyitems(items):
+    """`make test` distributes by group (`--dist loadgroup`): a module's tests stay on one worker, so its
+    module-scoped fixtures (a trained run, cached features) are built once; tests marked `spread` (long and
+    independent) go to whichever worker is free."""
+    for item in items:
+        if item.get_closest_marker("spread") is None:
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))

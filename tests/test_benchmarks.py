@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -18,19 +19,21 @@ def _file_state(path):
     return path.read_bytes() if path.is_file() else None
 
 
-def test_every_benchmark_runs_in_quick_mode_and_lands_on_the_page(tmp_path):
+# each benchmark on its own: `make test` spreads them over its workers (see conftest.py)
+@pytest.mark.spread
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_every_benchmark_runs_in_quick_mode_and_lands_on_the_page(tmp_path, name):
     page = tmp_path / "bench.md"
     quality_results = _file_state(DEFAULT_RESULTS)
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--out", str(page)],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--only", name,
+                             "--out", str(page)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     text = page.read_text()
     assert "FAILED" not in text and "mode: quick" in text and "torch " in text
-    sections = text.split("\n## ")[1:]
-    assert [section.split("\n", 1)[0] for section in sections] == list(BENCHMARKS)
-    for section in sections:  # each printed a table with at least a header and one measured row
-        block = section.split("```")[1]
-        assert len([line for line in block.splitlines() if line.strip()]) >= 3, section[:200]
+    (section,) = text.split("\n## ")[1:]
+    assert section.split("\n", 1)[0] == name
+    block = section.split("```")[1]  # it printed a table with at least a header and one measured row
+    assert len([line for line in block.splitlines() if line.strip()]) >= 3, section[:200]
     assert _file_state(DEFAULT_RESULTS) == quality_results, "--quick must not append to the repository's results"
 
 

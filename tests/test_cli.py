@@ -277,7 +277,7 @@ def test_evaluate_and_sample_refuse_bad_requests(trained_run, monkeypatch, capsy
     monkeypatch.chdir(trained_run)
     ckpt = str(_run_folders(trained_run)[0] / "checkpoints" / "last.ckpt")
     for args, expected in (
-        (["evaluate", "--ckpt_path", ckpt, "--metrics", "fid,sharpness"], "unknown metric"),
+        (["evaluate", "--ckpt_path", ckpt, "--metrics", "fid,crispness"], "unknown metric"),
         (["sample", "--ckpt_path", ckpt, "--num_samples", "0"], "num_samples must be at least 1"),
         (["sample", "--ckpt_path", str(tmp_path / "missing.ckpt")], "does not exist"),
     ):

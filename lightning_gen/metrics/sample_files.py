@@ -29,6 +29,7 @@ from lightning_gen.metrics.registry import (
     evaluate_model,
     parse_metric_names,
 )
+from lightning_gen.metrics.results import format_table, write_metrics_json
 from lightning_gen.packaged_configs import resolve_config
 
 IMAGE_CHANNELS = (1, 3)
@@ -139,7 +140,6 @@ def score(samples: str | Path, datamodule, settings: EvaluationSettings) -> list
 
 
 def main(args: list[str]) -> None:
-    from lightning_gen.trainer import format_table, write_metrics_json
 
     parser = argparse.ArgumentParser(prog="python -m lightning_gen evaluate --samples",
                                      description=__doc__.split("\n\n")[0])
