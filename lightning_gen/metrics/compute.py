@@ -122,10 +122,12 @@ class EvaluationRun:
         share = real[start : start + samples_per_rank(len(real), rank, world)]
 
         fake, self._sample_spectrum = [], PowerSpectrum()
+        wants_spectrum = any(spec.spectrum for spec in self.specs)
 
         def consume(images: Tensor) -> None:
             fake.append(extractor(images.to(device)).double())
-            self._sample_spectrum.update(images)  # cheap beside sampling: the sharpness metric's, if asked
+            if wants_spectrum:  # the same samples serve the sharpness metric
+                self._sample_spectrum.update(images)
 
         self._draw_samples(consume, f"sampling for {extractor.name} features")
         protocol = {
@@ -170,13 +172,12 @@ class EvaluationRun:
     def real_spectrum(self) -> tuple[PowerSpectrum, int]:
         """The power spectrum of up to ``max_real`` images of the real split (each process reads them all: FFTs
         of the images are cheap), and how many images it holds."""
-        spectrum, seen = PowerSpectrum(), 0
-        limit = self.settings.max_real or float("inf")
+        spectrum, seen, limit = PowerSpectrum(), 0, self.settings.max_real
         for batch in self.datamodule.split_dataloader(self.settings.split):
-            images = batch_images(batch)[: int(min(limit - seen, len(batch_images(batch))))]
+            images = batch_images(batch)[: None if limit is None else limit - seen]
             spectrum.update(images)
             seen += len(images)
-            if seen >= limit:
+            if seen == limit:
                 break
         return spectrum, seen
 
@@ -287,12 +288,9 @@ def compute_mode_coverage(run: EvaluationRun) -> list[MetricResult]:
     if not hasattr(datamodule, "mixture"):
         raise MetricError("mode_coverage needs a toy mixture DataModule (ToyMixtureDataModule)")
     means = mixture_means(datamodule.mixture)
-    generator = torch.Generator(device=device).manual_seed(settings.seed * 1000 + run.rank)
-    counts, todo = torch.zeros(len(means), device=device), samples_per_rank(settings.num_samples, run.rank, run.world)
-    while todo > 0:
-        n = min(settings.batch_size, todo)
-        counts += high_quality_counts(run.model.sample(n, generator=generator), means, datamodule.std)
-        todo -= n
+    counts = torch.zeros(len(means), device=device)
+    run._draw_samples(lambda points: counts.add_(high_quality_counts(points, means, datamodule.std)),
+                      f"sampling the {datamodule.mixture} mixture")
     if run.world > 1:
         dist.all_reduce(counts)
     protocol = {"mixture": datamodule.mixture, "std": datamodule.std, "num_generated": settings.num_samples,

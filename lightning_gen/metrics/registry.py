@@ -72,6 +72,7 @@ class MetricSpec:
     better: Literal["lower", "higher", "nearer 1"]
     compute: Callable[[EvaluationRun], list[MetricResult]]
     features: bool = False  # scored in a feature extractor's space (FID and the like): needs its weights
+    spectrum: bool = False  # scored on the power spectrum of the samples (EvaluationRun.sample_spectrum)
     model_specific: frozenset[str] = frozenset()  # protocol entries that may differ between compared models
     # metrics averaged over the real split: the value per image, computed in the split pass the run shares
     per_image: Callable[[EvaluationRun, Tensor, torch.Generator], Tensor] | None = None
@@ -109,7 +110,7 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
                model_specific=_ESTIMATOR, per_image=elbo_per_image),
     MetricSpec("sharpness", ("hf_energy_ratio",), "sample", "images",
                "power above half the Nyquist frequency, samples over real images (< 1 blurrier, > 1 noisier)",
-               "nearer 1", compute_sharpness, model_specific=frozenset({"sample_spectrum"})),
+               "nearer 1", compute_sharpness, spectrum=True, model_specific=frozenset({"sample_spectrum"})),
     MetricSpec("mode_coverage", ("modes_covered", "high_quality_fraction"), "sample", "points",
                "modes covered (count), share of samples within 3 std of a mode", "higher", compute_mode_coverage),
 )}

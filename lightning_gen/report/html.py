@@ -79,6 +79,15 @@ def _protocols(runs) -> dict[str, dict]:
     return protocols
 
 
+def _png_of(figure) -> bytes:
+    """``figure`` as PNG bytes; the figure is closed."""
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
 def _curves_png(runs) -> bytes | None:
     keys = sorted({key for run in runs for key in run.curves})
     if not keys:
@@ -96,11 +105,7 @@ def _curves_png(runs) -> bytes | None:
         axis.legend(fontsize=7)
     for axis in list(axes.flat)[len(keys):]:
         axis.axis("off")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return buffer.getvalue()
+    return _png_of(figure)
 
 
 def _spectra_png(runs) -> bytes | None:
@@ -117,11 +122,7 @@ def _spectra_png(runs) -> bytes | None:
     axis.set_xlabel("spatial frequency (cycles per image)")
     axis.set_ylabel("power per image")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    plt.close(figure)
-    return buffer.getvalue()
+    return _png_of(figure)
 
 
 def _capability_table(runs) -> list[str]:
