@@ -5,7 +5,9 @@
 - ``sampling_speeds(model)``: samples/s at batch 1 and batch 64, and for a model with several samplers (the
   PixelCNN's cached "fast" and per-pixel "reference" ones) each of them.
 - ``claim_summary(runs)``: each textbook claim, and whether these runs confirm it, with the numbers. A claim
-  whose runs are missing says so; one the numbers contradict says "not confirmed".
+  whose runs are missing says so; one the numbers contradict says "not confirmed". "VAEs are easy to train,
+  GANs are hard" is read from seed groups (``report/groups.py``): the share of failed runs and the spread of
+  FID over seeds (coefficient of variation, std / mean) of the VAE groups against the GAN groups.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from lightning_gen.metrics.registry import METRICS
 from lightning_gen.models.base import has_surface
+from lightning_gen.report.groups import GroupSummary, coefficient_of_variation, summarise_groups
 
 SPEED_BATCHES = (1, 64)
 SLOW_FACTOR = 10  # "samples slowly": at batch 1, at least this many times slower than every other family
@@ -71,6 +74,39 @@ def _verdict(confirmed: bool) -> str:
     return "confirmed" if confirmed else "not confirmed"
 
 
+def _stability(groups: list[GroupSummary]) -> tuple[float, float | None, str]:
+    """Of one family's seed groups: the share of their runs that failed, the largest FID coefficient of
+    variation (None when no group has two finite FIDs), and the numbers as text."""
+    runs = sum(len(group.runs) for group in groups)
+    failed = sum(len(group.failures) for group in groups) / runs
+    spreads = [cv for group in groups if (cv := coefficient_of_variation(group)) is not None]
+    cv = max(spreads, default=None)
+    text = f"{failed:.0%} of {runs} runs failed, FID CV " + (f"{cv:.3f}" if cv is not None else "n/a") + \
+        f" ({', '.join(group.name for group in groups)})"
+    return failed, cv, text
+
+
+def ease_of_training(groups: list[GroupSummary]) -> str:
+    """The claim "VAEs are easy to train, GANs are hard": confirmed when the GAN groups are no better than the
+    VAE groups on either count (failed share, largest FID coefficient of variation over seeds) and worse on at
+    least one; failed shares alone decide when a spread is missing."""
+    claim = "VAEs are easy to train, GANs are hard (unstable, seed-sensitive): over seeds, GAN runs fail more " \
+            "often or their FID spreads more (coefficient of variation, std / mean)"
+    by_family: dict[str, list[GroupSummary]] = {}
+    for group in groups:
+        if len(group.runs) > 1:
+            by_family.setdefault(group.model_class.rsplit(".", 1)[-1].lower(), []).append(group)
+    if "vae" not in by_family or "gan" not in by_family:
+        return f"{claim}: not measured (needs seed groups of a VAE and a GAN: several seeds of each config)"
+    vae_failed, vae_cv, vae_text = _stability(by_family["vae"])
+    gan_failed, gan_cv, gan_text = _stability(by_family["gan"])
+    if vae_cv is None or gan_cv is None:
+        confirmed = gan_failed > vae_failed
+    else:
+        confirmed = gan_failed >= vae_failed and gan_cv >= vae_cv and (gan_failed > vae_failed or gan_cv > vae_cv)
+    return f"{claim}: {_verdict(confirmed)}: VAE {vae_text} vs GAN {gan_text}"
+
+
 def claim_summary(runs) -> list[str]:
     """One line per claim: the claim, the verdict of these runs, and the numbers behind it."""
     by_family = {}
@@ -110,4 +146,5 @@ def claim_summary(runs) -> list[str]:
                      f"{pixelcnn.capabilities['likelihood']}, {own:.1f} samples/s vs at least {fastest_other:.1f} "
                      "for the others (its cached sampler; the reference sampler: "
                      f"{pixelcnn.sampling.get('batch 1, reference sampler', float('nan')):.1f})")
+    lines.append(ease_of_training(summarise_groups(runs)))
     return lines

@@ -12,7 +12,11 @@ run folder holds (learning curves from ``metrics.csv``, the fit time from ``run.
   model that has several), what each model can do (``report/claims.py: capabilities``), sample grids,
   reconstructions and interpolations;
 - a summary that opens the report: each textbook claim (VAE blur, implicit vs explicit density, slow
-  autoregressive sampling) and whether these runs confirm it, with the numbers (``claim_summary``).
+  autoregressive sampling, VAEs easy and GANs hard to train) and whether these runs confirm it, with the
+  numbers (``claim_summary``);
+- seed groups: runs of one configuration that differ only in their seed are grouped, and the group shows
+  the mean ± std of every metric, its number of runs and the share that failed (diverged or collapsed). The
+  rule and the failure definition are in ``report/groups.py``; ``--group NAME=RUN,RUN`` names a group by hand.
 
 Every metric's protocol (features, real images, sample count, ...) must agree across runs; a run
 evaluated against other data is refused rather than put in the same column. Writes ``report.html``
@@ -32,7 +36,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
 from lightning_gen.callbacks.pictures import picture_grids
-from lightning_gen.checkpoints import class_path, load_run
+from lightning_gen.checkpoints import class_path, load_run, read_checkpoint, resolve_run
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.registry import (
@@ -46,6 +50,7 @@ from lightning_gen.metrics.registry import (
 )
 from lightning_gen.models.base import has_surface
 from lightning_gen.report.claims import capabilities, sampling_speeds
+from lightning_gen.report.groups import assign_groups, failure_of, group_key, run_config, seed_of
 
 
 @dataclass
@@ -63,6 +68,10 @@ class ComparedRun:
     fit_seconds: float | None = None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     pictures: dict[str, bytes] = field(default_factory=dict)  # kind -> PNG
+    seed: int | None = None  # config.yaml's seed_everything
+    group_key: str = ""  # the recipe without the seed (report/groups.py: group_key)
+    group: str | None = None  # the seed group it is summarised in, if any
+    failure: str | None = None  # "diverged: ..." or "collapsed: ..." (report/groups.py: failure_of)
 
 
 def _label(checkpoint: Path, folder: Path | None) -> str:
@@ -154,9 +163,11 @@ def compare(paths: list[str], out: str | Path = "comparison",
             metrics: str = "fid,kid,precision_recall,sharpness,nll_bpd",
             num_samples: int = 2000, max_real: int | None = 2000, features: str | None = None,
             features_weights: str | None = None, seed: int = 0, batch_size: int = 250,
-            latent_holes: bool = True, device: str = "cpu", progress: bool = True) -> Path:
-    """Evaluate ``paths`` (run folders or checkpoints) alike and write the report into ``out``."""
-    if len(paths) < 1:
+            latent_holes: bool = True, device: str = "cpu", progress: bool = True,
+            groups: dict[str, list[str]] | None = None) -> Path:
+    """Evaluate ``paths`` (run folders or checkpoints) alike and write the report into ``out``. ``groups``:
+    seed groups named by hand, name -> runs (evaluated too when not in ``paths``); the others form by rule."""
+    if len(paths) + sum(len(members) for members in (groups or {}).values()) < 1:
         raise LightningGenError("compare needs at least one run folder or checkpoint")
     wanted = parse_metric_names(metrics)
     settings = EvaluationSettings(metrics=wanted, num_samples=num_samples, max_real=max_real, features=features,
@@ -164,14 +175,21 @@ def compare(paths: list[str], out: str | Path = "comparison",
                                   progress=progress)
     torch_device = torch.device(device)
     runs = []
-    for path in paths:
+    unique = {resolve_run(p)[0].resolve(): p for p in [*paths, *(p for ps in (groups or {}).values() for p in ps)]}
+    for path in unique.values():  # a run named twice (also in a --group) is evaluated once
         loaded = load_run(path, map_location=torch_device)
         model, datamodule = loaded.model, loaded.datamodule
         run = ComparedRun(_label(loaded.checkpoint_path, loaded.folder), loaded.checkpoint_path, loaded.folder,
                           class_path(type(model)))
-        supported = supported_metrics(model, wanted)
-        run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device)
-        if latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
+        config = run_config(loaded.folder)
+        run.seed, run.group_key = seed_of(config), group_key(read_checkpoint(loaded.checkpoint_path), config)
+        finite = all(torch.isfinite(p).all() for p in model.parameters())
+        if not finite:  # its samples would be NaN: nothing to score, and the run counts as diverged
+            run.failure = "diverged: non-finite weights in the checkpoint"
+        supported = supported_metrics(model, wanted) if finite else []
+        run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device) \
+            if supported else []
+        if finite and latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
             fid_only = replace(settings, metrics=["fid"])
             prior = evaluate_model(_DecodedPrior(model), datamodule, fid_only, torch_device)[0]
             held_out = _held_out(datamodule, max_real or 2000)
@@ -184,19 +202,35 @@ def compare(paths: list[str], out: str | Path = "comparison",
         run.capabilities = capabilities(model)
         run.fit_seconds = loaded.record.get("fit_seconds")
         run.curves = read_curves(run.folder)
-        generator = torch.Generator(device=torch_device).manual_seed(seed)
-        grids = picture_grids(model, _held_out(datamodule, 16).to(torch_device), generator, num_samples=32)
-        run.pictures = {kind: _png(images, nrow) for kind, (images, nrow) in grids.items()}
+        run.failure = failure_of(run, loaded.record)
+        if finite:
+            generator = torch.Generator(device=torch_device).manual_seed(seed)
+            grids = picture_grids(model, _held_out(datamodule, 16).to(torch_device), generator, num_samples=32)
+            run.pictures = {kind: _png(images, nrow) for kind, (images, nrow) in grids.items()}
         runs.append(run)
     check_protocols(runs)
+    assign_groups(runs, {name: [Path(p) for p in members] for name, members in (groups or {}).items()})
     from lightning_gen.report.html import write_report  # matplotlib is imported only when writing
 
     return write_report(runs, Path(out))
 
 
+def _group_option(text: str) -> tuple[str, list[str]]:
+    """``NAME=RUN,RUN,...`` -> (name, runs)."""
+    name, _, members = text.partition("=")
+    runs = [member.strip() for member in members.split(",") if member.strip()]
+    if not name.strip() or not runs:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=RUN,RUN,... (e.g. vae=runs/vae/version_0,"
+                                         "runs/vae/version_1)")
+    return name.strip(), runs
+
+
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="python -m lightning_gen compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders (runs/<name>/version_<n>) or .ckpt files")
+    parser.add_argument("runs", nargs="*", help="run folders (runs/<name>/version_<n>) or .ckpt files; runs of "
+                        "one config that differ only in their seed form a seed group (mean ± std, failed share)")
+    parser.add_argument("--group", action="append", default=[], type=_group_option, metavar="NAME=RUN,RUN,...",
+                        help="a seed group named by hand (repeatable); its runs are compared too")
     parser.add_argument("--out", default="comparison", help="output folder (report.html, report.md, comparison.json)")
     parser.add_argument("--metrics", default="fid,kid,precision_recall,sharpness,nll_bpd",
                         help="metrics for every run; likelihood metrics only where the model has one")
@@ -208,7 +242,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--no_latent_holes", action="store_true", help="skip the AE/VAE prior and midpoint FIDs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if not args.runs and not args.group:
+        parser.error("give at least one run folder or checkpoint (or a --group)")
+    groups = dict(args.group)
+    if len(groups) < len(args.group):
+        parser.error("each --group needs its own NAME")
     folder = compare(args.runs, args.out, args.metrics, args.num_samples, args.max_real or None, args.features,
-                     args.features_weights, args.seed, latent_holes=not args.no_latent_holes, device=args.device)
+                     args.features_weights, args.seed, latent_holes=not args.no_latent_holes, device=args.device,
+                     groups=groups)
     print(f"report: {folder / 'report.html'} (table: {folder / 'report.md'})")
 

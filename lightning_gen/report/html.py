@@ -1,5 +1,7 @@
-"""Render compared runs: ``comparison.json`` (everything), ``report.md`` (the table) and ``report.html``
-(the table, each metric's protocol, learning curves, pictures; PNGs embedded, so it is one file)."""
+"""Render compared runs: ``comparison.json`` (everything: ``{"claims", "groups", "runs"}``), ``report.md``
+(the claims and the tables) and ``report.html`` (the tables, each metric's protocol, learning curves,
+pictures; PNGs embedded, so it is one file). Seed groups (``report/groups.py``) get their own table above the
+runs' one: mean ± std of every metric, the runs and seeds, and the share of runs that failed."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from lightning_gen.metrics.registry import best_of, better_direction, shared_protocol  # noqa: E402
 from lightning_gen.report.claims import claim_summary  # noqa: E402
+from lightning_gen.report.groups import RECALL_COLLAPSE, summarise_groups  # noqa: E402
 
 _ARROWS = {"lower": "↓", "higher": "↑", "nearer 1": "→1"}
 
@@ -59,11 +62,58 @@ def table_rows(runs) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     return header, rows
 
 
-def markdown_table(runs) -> str:
-    header, rows = table_rows(runs)
+def _mean_std(entry: dict | None) -> str:
+    if entry is None or entry["mean"] is None:
+        return "—"
+    return _format(entry["mean"]) + (f" ± {_format(entry['std'])}" if entry["std"] is not None else "")
+
+
+def _failed(group) -> str:
+    return f"{len(group.failures)}/{len(group.runs)} ({group.failed_share:.0%})"
+
+
+def group_rows(groups) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """The seed groups' table: header and, per group, cells as (text, is the column's best mean)."""
+    columns = list(dict.fromkeys(name for group in groups for name in group.metrics))
+    best = {}
+    for name in columns:
+        means = [group.metrics[name]["mean"] for group in groups
+                 if name in group.metrics and group.metrics[name]["mean"] is not None]
+        if len(means) > 1:
+            best[name] = best_of(name, means)
+    header = ["group", "model", "runs", "seeds", "failed",
+              *(f"{name} {_ARROWS[better_direction(name)]}" for name in columns)]
+    rows = []
+    for group in groups:
+        seeds = ", ".join("?" if seed is None else str(seed) for seed in group.seeds)
+        cells = [group.name, group.model_class.rsplit(".", 1)[-1], str(len(group.runs)), seeds, _failed(group)]
+        marked = [(_mean_std(group.metrics.get(name)),
+                   name in best and group.metrics.get(name, {}).get("mean") == best[name]) for name in columns]
+        rows.append([(cell, False) for cell in cells] + marked)
+    return header, rows
+
+
+def _markdown(header: list[str], rows: list[list[tuple[str, bool]]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(f"**{text}**" if is_best else text for text, is_best in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(runs) -> str:
+    return _markdown(*table_rows(runs))
+
+
+_GROUPS_ABOUT = ("Runs of one config that differ only in their seed: mean ± std (sample std) over the runs' finite "
+                 "values; failed: diverged (a non-finite weight, loss or metric, or a fit stopped on a non-finite "
+                 f"loss) or collapsed (recall below {RECALL_COLLAPSE}, about twice a one-class generator's).")
+
+
+def markdown_groups(groups) -> str:
+    """The seed groups' table and each failed run with its reason ('' without groups)."""
+    if not groups:
+        return ""
+    failures = "".join(f"- {label}: {reason}\n" for group in groups for label, reason in group.failures.items())
+    return f"Seed groups. {_GROUPS_ABOUT}\n\n{_markdown(*group_rows(groups))}\n{failures}\n"
 
 
 def _protocols(runs) -> dict[str, dict]:
@@ -154,6 +204,24 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+def _html_rows(rows, css_class: str, data: str) -> list[str]:
+    return [f"<tr class='{css_class}' data-{data}='{html.escape(row[0][0])}'>" + "".join(
+        f"<td class='best'><b>{html.escape(text)}</b></td>" if is_best else f"<td>{html.escape(text)}</td>"
+        for text, is_best in row) + "</tr>" for row in rows]
+
+
+def _groups_html(groups) -> list[str]:
+    if not groups:
+        return []
+    header, rows = group_rows(groups)
+    failures = [f"<li>{html.escape(label)}: {html.escape(reason)}</li>"
+                for group in groups for label, reason in group.failures.items()]
+    return ["<h2>Seed groups</h2>", f"<p>{html.escape(_GROUPS_ABOUT)}</p>",
+            "<table id='groups'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+            *_html_rows(rows, "group", "group"), "</table>",
+            *(["<ul id='failures'>", *failures, "</ul>"] if failures else [])]
+
+
 def render_html(runs) -> str:
     header, rows = table_rows(runs)
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>lightning-gen comparison</title>",
@@ -167,13 +235,10 @@ def render_html(runs) -> str:
              "(the latent-hole comparison of AE and VAE).</p>",
              "<h2>What the field says, and what these runs show</h2><ul id='claims'>",
              *(f"<li>{html.escape(line)}</li>" for line in claim_summary(runs)), "</ul>",
+             *_groups_html(summarise_groups(runs)),
              "<h2>Metrics</h2>",
-             "<table id='metrics'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
-    for row in rows:
-        parts.append(f"<tr class='run' data-run='{html.escape(row[0][0])}'>" + "".join(
-            f"<td class='best'><b>{html.escape(text)}</b></td>" if is_best else f"<td>{html.escape(text)}</td>"
-            for text, is_best in row) + "</tr>")
-    parts.append("</table>")
+             "<table id='metrics'><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+             *_html_rows(rows, "run", "run"), "</table>"]
     parts += _capability_table(runs)
     parts.append("<h2>Protocols</h2><ul>")
     for name, entry in _protocols(runs).items():
@@ -204,8 +269,11 @@ def write_report(runs, out: Path) -> Path:
         record.pop("pictures")
         record["checkpoint"], record["folder"] = str(run.checkpoint), str(run.folder) if run.folder else None
         records.append(record)
-    (out / "comparison.json").write_text(json.dumps(records, indent=1) + "\n")
-    claims = "".join(f"- {line}\n" for line in claim_summary(runs))
-    (out / "report.md").write_text(f"{claims}\n{markdown_table(runs)}")
+    claims, groups = claim_summary(runs), summarise_groups(runs)
+    summary = {"claims": claims, "groups": [asdict(group) | {"failed_share": group.failed_share} for group in groups],
+               "runs": records}
+    (out / "comparison.json").write_text(json.dumps(summary, indent=1) + "\n")
+    listed = "".join(f"- {line}\n" for line in claims)
+    (out / "report.md").write_text(f"{listed}\n{markdown_groups(groups)}{markdown_table(runs)}")
     (out / "report.html").write_text(render_html(runs))
     return out
