@@ -14,7 +14,7 @@ help:
 	@echo "make test-gpu - the GPU checks in gpu_tests/ (needs a CUDA device)"
 	@echo "make run      - train the default VAE on Fashion-MNIST (CONFIG=$(CONFIG)), then test it"
 	@echo "make bench    - every benchmark, one after another (~6 h on 2 cores, quality_at_budget ~4 h of it; BENCH_ARGS='--minutes 2': ~2 h) -> benchmarks/README.md"
-	@echo "make compare  - train small AE, VAE, GAN and PixelCNN runs, then write $(COMPARE_DIR)/report/report.html"
+	@echo "make compare  - train small AE, VAE, GAN and PixelCNN runs (SEEDS=3: seeds 0-2 of each, grouped), then write $(COMPARE_DIR)/report/report.html"
 
 install:
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -58,17 +58,21 @@ run:
 	$(PY) -m lightning_gen fit --config $(CONFIG) --test_after_fit true
 
 # Small runs of every family on the full Fashion-MNIST (the same real images for every metric), then the
-# report. About 15 minutes on a 2-core CPU; budgets are CPU-sized, not publication-sized.
+# report. About 15 minutes on a 2-core CPU per seed; budgets are CPU-sized, not publication-sized.
+# SEEDS=N trains each family with seeds 0..N-1: compare groups the runs of one config (mean ± std, failed share).
 COMPARE_DIR ?= runs/compare
-# the config first: later options override it
-compare_fit = $(PY) -m lightning_gen fit --config configs/$(1).yaml --trainer.default_root_dir $(COMPARE_DIR) \
-	--trainer.logger.init_args.save_dir $(COMPARE_DIR) --trainer.enable_progress_bar false
-latest = $$(ls -d $(COMPARE_DIR)/$(1)/version_* | sort -V | tail -1)
+SEEDS ?= 1
+# the config first: later options override it; one fit per seed, stopping at the first that fails
+compare_fit = for seed in $$(seq 0 $$(($(SEEDS) - 1))); do \
+	$(PY) -m lightning_gen fit --config configs/$(1).yaml --trainer.default_root_dir $(COMPARE_DIR) \
+	--trainer.logger.init_args.save_dir $(COMPARE_DIR) --trainer.enable_progress_bar false \
+	--seed_everything $$seed $(2) || exit 1; done
+latest = $$(ls -d $(COMPARE_DIR)/$(1)/version_* | sort -V | tail -$(SEEDS))
 compare:
-	$(call compare_fit,ae_fmnist) --trainer.max_epochs 3
-	$(call compare_fit,vae_fmnist) --trainer.max_epochs 3
-	$(call compare_fit,gan_fmnist) --trainer.max_epochs 3
-	$(call compare_fit,pixelcnn_fmnist) --trainer.max_epochs 1 --trainer.limit_train_batches 300
+	$(call compare_fit,ae_fmnist,--trainer.max_epochs 3)
+	$(call compare_fit,vae_fmnist,--trainer.max_epochs 3)
+	$(call compare_fit,gan_fmnist,--trainer.max_epochs 3)
+	$(call compare_fit,pixelcnn_fmnist,--trainer.max_epochs 1 --trainer.limit_train_batches 300)
 	$(PY) -m lightning_gen compare $(call latest,ae_fmnist) $(call latest,vae_fmnist) \
 		$(call latest,gan_fmnist) $(call latest,pixelcnn_fmnist) --out $(COMPARE_DIR)/report
 
