@@ -26,26 +26,29 @@ from lightning_gen.report.html import render_html, write_report
 FID, RECALL = "fid_fmnist_clf", "recall_fmnist_clf"
 
 
-def _checkpoint(lr: float = 1e-3, data_dir: str = "/data/a") -> dict:
+def _checkpoint(latent_dim: int = 16, data_dir: str = "/data/a") -> dict:
     return {"lightning_gen_model_class": "lightning_gen.models.VAE",
-            "hyper_parameters": {"latent_dim": 16, "optimizer": {"class_path": "torch.optim.Adam",
-                                                                 "init_args": {"lr": lr}}, "_instantiator": "x"},
+            "hyper_parameters": {"latent_dim": latent_dim, "_instantiator": "x"},
             "lightning_gen_datamodule": {"class_path": "lightning_gen.data.FashionMNISTDataModule",
                                          "init_args": {"data_dir": data_dir, "batch_size": 64, "num_workers": 0}}}
 
 
-def _config(seed: int, max_epochs: int = 3, root: str = "runs") -> dict:
+def _config(seed: int, max_epochs: int = 3, root: str = "runs", lr: float = 1e-3) -> dict:
+    # the optimiser is a callable argument: only config.yaml records it, the checkpoint's hyperparameters do not
     return {"seed_everything": seed, "trainer": {"max_epochs": max_epochs, "default_root_dir": root,
                                                  "logger": [{"class_path": "CSVLogger",
                                                              "init_args": {"save_dir": root}}],
-                                                 "callbacks": [{"class_path": "ModelCheckpoint"}]}}
+                                                 "callbacks": [{"class_path": "ModelCheckpoint"}]},
+            "model": {"class_path": "lightning_gen.models.VAE",
+                      "init_args": {"optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": lr}}}}}
 
 
 def test_group_key_ignores_the_seed_and_file_locations_but_not_the_recipe():
     base = group_key(_checkpoint(), _config(0))
     assert group_key(_checkpoint(), _config(1)) == base  # another seed
     assert group_key(_checkpoint(data_dir="/elsewhere"), _config(2, root="/tmp/r")) == base  # other folders
-    assert group_key(_checkpoint(lr=2e-3), _config(0)) != base  # another learning rate
+    assert group_key(_checkpoint(latent_dim=8), _config(0)) != base  # another hyperparameter
+    assert group_key(_checkpoint(), _config(0, lr=2e-3)) != base  # another learning rate
     assert group_key(_checkpoint(), _config(0, max_epochs=5)) != base  # another budget
     with_ema = _config(0)
     with_ema["trainer"]["callbacks"].append({"class_path": "lightning_gen.callbacks.GeneratorEMA"})
@@ -167,13 +170,13 @@ def _fit(root: Path, seed: int, extra: list[str]) -> Path:
 
 def test_compare_groups_real_runs_by_seed_and_by_hand(tmp_path, fmnist_dir):
     runs = [_fit(tmp_path / "runs", 0, []), _fit(tmp_path / "runs", 1, []),
-            _fit(tmp_path / "runs", 0, ["--model.init_args.latent_dim", "8"])]
+            _fit(tmp_path / "runs", 0, ["--model.init_args.optimizer.init_args.lr", "0.004"])]
     out = tmp_path / "report"
     main(["compare", *map(str, runs), "--out", str(out), "--metrics", "fid", "--num_samples", "40",
           "--max_real", "40", "--no_latent_holes", "--device", "cpu"])
     (group,) = json.loads((out / "comparison.json").read_text())["groups"]
     assert group["name"] == "ae_fmnist" and group["seeds"] == [0, 1]
-    assert group["runs"] == ["ae_fmnist/version_0", "ae_fmnist/version_1"]  # latent_dim 8 is another recipe
+    assert group["runs"] == ["ae_fmnist/version_0", "ae_fmnist/version_1"]  # another learning rate: another recipe
     fids = [r["results"][0]["value"] for r in json.loads((out / "comparison.json").read_text())["runs"][:2]]
     assert group["metrics"]["fid_fmnist_clf"]["mean"] == pytest.approx(sum(fids) / 2)
     main(["compare", "--group", f"mixed={runs[0]},{runs[2]}", "--out", str(out), "--metrics", "fid",

@@ -3,11 +3,12 @@ every metric, the number of runs and the share of runs that failed.
 
 The grouping rule (``group_key``): two runs belong together when they record the same
 
-- model class and model hyperparameters (the checkpoint's ``hyper_parameters``, optimiser included),
+- model class and model hyperparameters (the checkpoint's ``hyper_parameters``) and the run folder's
+  ``config.yaml`` ``model`` section (the optimisers and their learning rates live only there),
 - data class and data arguments (the checkpoint's data entry), except the ones that say where the files are
   or how they are read (``DATA_LOCATION_KEYS``: they change neither the images nor the order they come in),
-- training budget (``BUDGET_KEYS`` of ``trainer`` in the run folder's ``config.yaml``) and the set of callback
-  classes (an EMA of the generator changes what is sampled; evaluation settings do not),
+- training budget (``BUDGET_KEYS`` of ``trainer`` in ``config.yaml``) and the set of callback classes (an
+  EMA of the generator changes what is sampled; evaluation settings do not),
 
 whatever their ``seed_everything``. A checkpoint outside a run folder has no ``config.yaml``: its key is the
 checkpoint part alone. Two runs or more with one key form a group; a run alone renders as a single run.
@@ -70,6 +71,7 @@ def group_key(checkpoint: dict[str, Any], config: dict[str, Any]) -> str:
     recipe = {
         "model": checkpoint.get(MODEL_CLASS_KEY),
         "hyperparameters": model_hyperparameters(checkpoint),
+        "model_config": config.get("model"),
         "data": data.get("class_path"),
         "data_arguments": {k: v for k, v in (data.get("init_args") or {}).items() if k not in DATA_LOCATION_KEYS},
         "budget": {k: trainer.get(k) for k in BUDGET_KEYS} if trainer else None,
