@@ -205,3 +205,20 @@ def test_the_entity_is_required(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--dry-run"])
     assert exit_info.value.code == 2 and "--entity" in capsys.readouterr().err
+
+
+def test_compare_claims_open_the_report_as_a_markdown_list(no_network, tmp_path, capsys):
+    claims = ["VAE samples are blurrier than GAN samples: confirmed: VAE 0.400 vs GAN 0.900",
+              "VAEs are easy to train, GANs are hard: not measured (needs seed groups of a VAE and a GAN)"]
+    (tmp_path / "comparison.json").write_text(json.dumps({"claims": claims, "groups": [], "runs": []}))
+    built = build_dashboard("me", "lightning-gen", claims=dashboard.read_claims(tmp_path))
+    headings = [b.text for b in built.report.blocks if isinstance(b, wr.H2)]
+    assert headings == [dashboard.CLAIMS_TITLE] + [s["name"] for s in built.plan["sections"]]
+    (listed,) = [b for b in built.report.blocks if isinstance(b, wr.MarkdownBlock)]
+    assert listed.text == f"- {claims[0]}\n- {claims[1]}"
+    assert build_dashboard("me", "lightning-gen").plan["claims"] == []  # none unless asked for
+    main(["--entity", "me", "--dry-run", "--claims", str(tmp_path / "comparison.json")])
+    assert f"  - {claims[1]}" in capsys.readouterr().out
+    (tmp_path / "old.json").write_text("[]")  # an older compare wrote a list of runs
+    with pytest.raises(LightningGenError, match="no claims"):
+        dashboard.read_claims(tmp_path / "old.json")

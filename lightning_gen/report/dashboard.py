@@ -6,11 +6,14 @@ Runs are compared by their W&B run group, which is the model family (``ae``, ``v
 (sections, panels, the logged keys each panel shows); ``build_dashboard`` turns the plan into
 wandb-workspaces objects without touching the network; ``main`` saves them and prints their URLs, or,
 offline (``--dry-run``, ``WANDB_MODE=offline``, or no API key), prints the plan and creates nothing.
+``--claims`` puts the textbook claims that ``compare`` computed (its ``comparison.json``) at the top of the
+report, as a markdown list: the dashboard shows logged curves, the verdicts come from compare's evaluation.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import netrc
 import os
 from dataclasses import dataclass
@@ -57,6 +60,7 @@ _TITLES = {  # logged key -> panel title (otherwise the key); section and direct
     "val/nll_bpd": "NLL, bits/dim",
     "val/elbo": "ELBO, nats per image",
 }
+CLAIMS_TITLE = "What the field says, and what compare's runs show"
 _COLORS = ("#4E79A7", "#F28E2B", "#E15759", "#59A14F", "#B07AA1", "#76B7B2", "#EDC948", "#FF9DA7")
 
 
@@ -70,7 +74,8 @@ def _metric_title(key: str) -> tuple[str, str]:
 
 
 def dashboard_plan(entity: str, project: str, families: Sequence[str] = FAMILIES,
-                   metrics: Sequence[str] = SHARED_METRICS, pictures: Sequence[str] = PICTURES) -> dict[str, Any]:
+                   metrics: Sequence[str] = SHARED_METRICS, pictures: Sequence[str] = PICTURES,
+                   claims: Sequence[str] = ()) -> dict[str, Any]:
     """The dashboard as plain data: which runs, how they are grouped, and the sections of panels.
 
     Every panel is ``{"kind": "line" | "bar" | "images", "title": str, "keys": [logged keys], "x": key}``
@@ -105,6 +110,7 @@ def dashboard_plan(entity: str, project: str, families: Sequence[str] = FAMILIES
         "runs": {"group_by": "group", "families": families,
                  "colors": {family: _COLORS[i % len(_COLORS)] for i, family in enumerate(families)}},
         "x_axis": STEP,
+        "claims": list(claims),
         "sections": [{"name": name, "about": _SECTIONS[name], "panels": panels} for name, panels in sections.items()],
     }
 
@@ -120,6 +126,9 @@ def format_plan(plan: dict[str, Any]) -> str:
     lines = [f"W&B workspace and report {plan['title']!r} in {plan['entity']}/{plan['project']}",
              f"runs: grouped by W&B run group (the model family), only {', '.join(runs['families'])}",
              f"x-axis: {plan['x_axis']} (batches seen)"]
+    if plan["claims"]:
+        lines.append(f"\n[{CLAIMS_TITLE}] in the report, from compare's comparison.json")
+        lines += [f"  - {claim}" for claim in plan["claims"]]
     for section in plan["sections"]:
         lines.append(f"\n[{section['name']}] {section['about']}")
         for panel in section["panels"]:
@@ -138,13 +147,15 @@ class Dashboard:
 
 
 def build_dashboard(entity: str, project: str, families: Sequence[str] = FAMILIES,
-                    metrics: Sequence[str] = SHARED_METRICS, pictures: Sequence[str] = PICTURES) -> Dashboard:
-    """The plan as wandb-workspaces objects; nothing is sent until their ``save()``."""
+                    metrics: Sequence[str] = SHARED_METRICS, pictures: Sequence[str] = PICTURES,
+                    claims: Sequence[str] = ()) -> Dashboard:
+    """The plan as wandb-workspaces objects; nothing is sent until their ``save()``. ``claims``: compare's
+    claim lines, a markdown list under their own heading at the top of the report."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
     from wandb_workspaces import expr
 
-    plan = dashboard_plan(entity, project, families, metrics, pictures)
+    plan = dashboard_plan(entity, project, families, metrics, pictures, claims)
     families = plan["runs"]["families"]
 
     def panel(spec: dict[str, Any], index: int):
@@ -175,6 +186,8 @@ def build_dashboard(entity: str, project: str, families: Sequence[str] = FAMILIE
     )
     blocks = [wr.P(f"Runs of {entity}/{project} grouped by their W&B run group, the model family "
                    f"({', '.join(families)}); curves are the mean of a family's runs with their min-max range.")]
+    if plan["claims"]:
+        blocks += [wr.H2(CLAIMS_TITLE), wr.MarkdownBlock(text="\n".join(f"- {claim}" for claim in plan["claims"]))]
     for section in plan["sections"]:
         runset = wr.Runset(entity=entity, project=project, name="runs by family", groupby=["group"],
                            filters=[expr.Metric("Group").isin(families)])
@@ -208,6 +221,21 @@ def offline_reason(dry_run: bool = False) -> str | None:
     return None
 
 
+def read_claims(path: str | Path) -> list[str]:
+    """The claim lines of a ``compare`` report: its output folder or its ``comparison.json``."""
+    path = Path(path)
+    path = path / "comparison.json" if path.is_dir() else path
+    try:
+        written = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise LightningGenError(f"cannot read claims from {path} ({error}); pass the --out folder of "
+                                "`python -m lightning_gen compare` or its comparison.json") from error
+    claims = written.get("claims") if isinstance(written, dict) else None
+    if not isinstance(claims, list):
+        raise LightningGenError(f"{path} has no claims; it was written by an older compare: run compare again")
+    return [str(claim) for claim in claims]
+
+
 def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
@@ -220,12 +248,16 @@ def main(argv: list[str] | None = None) -> None:
                         help="W&B project of the runs (default: $WANDB_PROJECT, else lightning-gen)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="run groups to compare, comma-separated")
     parser.add_argument("--metrics", default=",".join(SHARED_METRICS), help="logged keys to plot, comma-separated")
+    parser.add_argument("--claims", metavar="COMPARE_OUT",
+                        help="put compare's computed claims (its --out folder or comparison.json) in the report")
     parser.add_argument("--dry-run", "--dry_run", action="store_true", dest="dry_run",
                         help="print what would be created; send nothing")
     args = parser.parse_args(argv)
     if not args.entity:
         parser.error("--entity is needed (the W&B user or team of the project), or set WANDB_ENTITY")
-    dashboard = build_dashboard(args.entity, args.project, _names(args.families), _names(args.metrics))
+    claims = read_claims(args.claims) if args.claims else ()
+    dashboard = build_dashboard(args.entity, args.project, _names(args.families), _names(args.metrics),
+                                claims=claims)
     reason = offline_reason(args.dry_run)
     if reason:
         print(f"{reason}: nothing was created. Online, this command creates:\n\n{format_plan(dashboard.plan)}")
