@@ -2,6 +2,7 @@
 
 from lightning_gen.data.base import SplitDataModule, TensorImages
 from lightning_gen.data.cifar import CIFAR10DataModule
+from lightning_gen.data.codes import VQCodesDataModule
 from lightning_gen.data.folder import ImageFolderDataModule
 from lightning_gen.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from lightning_gen.data.toy import ToyMixtureDataModule
@@ -16,4 +17,5 @@ __all__ = [
     "SplitDataModule",
     "TensorImages",
     "ToyMixtureDataModule",
+    "VQCodesDataModule",
 ]

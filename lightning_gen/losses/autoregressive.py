@@ -147,6 +147,30 @@ class DiscretizedLogisticMixture(PixelDistribution):
         return values
 
 
+class CategoricalCodes:
+    """A K-way softmax per cell of a grid of discrete codes (a VQ-VAE's latent grid), the categorical of
+    ``CategoricalPixels`` without its 256 ordered levels: p(z_t | z_<t) = softmax(logits_t)[z_t].
+
+    Codes are indices ``[N, h, w]`` (long), logits ``[N, K, h, w]``.
+    """
+
+    def __init__(self, num_codes: int):
+        if num_codes < 2:
+            raise ConfigValueError(f"a categorical over codes needs at least 2 codes, got {num_codes}")
+        self.num_codes = num_codes
+
+    @float32_region
+    def log_prob(self, logits: Tensor, codes: Tensor) -> Tensor:
+        """sum_t log softmax(logits_t)[z_t]: ``[N]`` nats per grid."""
+        chosen = F.log_softmax(logits, dim=1).gather(1, codes.unsqueeze(1)).squeeze(1)  # (N, h, w)
+        return chosen.flatten(1).sum(1)
+
+    @float32_region
+    def sample(self, logits: Tensor, uniform: Tensor) -> Tensor:
+        """Codes ``[N]`` for the logits ``[N, K]`` of one cell, by inverse CDF of ``uniform`` ``[N]``."""
+        return inverse_cdf_sample(torch.softmax(logits, dim=1), uniform)
+
+
 DISTRIBUTIONS = ("categorical", "logistic_mixture")
 
 
