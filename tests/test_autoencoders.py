@@ -117,3 +117,17 @@ def test_vae_reports_the_true_elbo_at_validation_while_training_is_warmed_up(tmp
     val = [r for r in rows if r.get("val/elbo")][-1]
     elbo, recon, kl = float(val["val/elbo"]), float(val["val/recon"]), float(val["val/kl"])
     assert abs(elbo - (-recon - kl)) < 1e-2 * abs(elbo)  # beta = 1 in the reported ELBO
+
+
+@pytest.mark.parametrize("k", [1, 4])
+def test_validation_nll_with_one_importance_sample_is_the_negative_elbo(k):
+    import lightning.pytorch as pl
+
+    torch.manual_seed(0)
+    model = VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32, val_importance_samples=k)
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False)
+    metrics = trainer.validate(model, fake_image_batches((1, 28, 28), n=64, batch_size=32), verbose=False)[0]
+    if k == 1:  # L_1 is the ELBO: the same number, from the same pass
+        assert metrics["val/nll"] == pytest.approx(-metrics["val/elbo"], rel=1e-6)
+    else:  # L_4 is another bound (a tighter one in expectation: an untrained decoder barely uses z, so by little)
+        assert metrics["val/nll"] != pytest.approx(-metrics["val/elbo"], rel=1e-6)

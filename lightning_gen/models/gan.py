@@ -207,8 +207,8 @@ class GAN(GenerativeModule):
             opt_d.zero_grad()
             self.manual_backward(loss)
             opt_d.step()  # on_before_optimizer_step measures (and clips) the unscaled gradients
-        if not self._logging_this_batch():
-            return  # ten logged values per step cost measurable time on small nets; the logger would drop them
+        if not self.logging_this_batch():
+            return
         self.log_dict({
             "train/d_loss": loss.detach(),
             "train/grad_norm_d": self._grad_norms["d"],
@@ -228,17 +228,13 @@ class GAN(GenerativeModule):
             self.manual_backward(loss)
             opt_g.step()
         self.update_ema()
-        if self._logging_this_batch():
+        if self.logging_this_batch():
             self.log_dict({"train/g_loss": loss.detach(), "train/grad_norm_g": self._grad_norms["g"]}, prog_bar=True)
 
     def _grad_scaler(self):
         """The AMP grad scaler of ``16-mixed`` (None under 32-bit or ``bf16-mixed``, which need none)."""
         scaler = getattr(self.trainer.precision_plugin, "scaler", None) if self._trainer is not None else None
         return scaler if scaler is not None and scaler.is_enabled() else None
-
-    def _logging_this_batch(self) -> bool:
-        """Whether Lightning writes this batch's step metrics (every ``log_every_n_steps`` batches)."""
-        return self._trainer is None or self.trainer._logger_connector.should_update_logs
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """Gradient norm, and clipping, of the player being stepped. Lightning calls this hook inside
@@ -249,7 +245,7 @@ class GAN(GenerativeModule):
         player, net = ("d", self.discriminator) if any(p is first for p in self.discriminator.parameters()) \
             else ("g", self.generator)
         clip = self.clip_norms[player]
-        if clip is None and not self._logging_this_batch():
+        if clip is None and not self.logging_this_batch():
             return
         grads = [p.grad for p in net.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads).detach()  # before clipping

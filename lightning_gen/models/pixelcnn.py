@@ -193,8 +193,9 @@ class PixelCNN(GenerativeModule):
         nll = -self.conditional_log_likelihood(x, self._labels(batch))
         loss = nll.mean()
         self.guard_finite(loss=loss)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/nll_bpd", nats_to_bits_per_dim(loss, self.num_dims), prog_bar=True)
+        if self.logging_this_batch():
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/nll_bpd", nats_to_bits_per_dim(loss, self.num_dims), prog_bar=True)
         return loss
 
     def _evaluate(self, batch, stage: str) -> None:
