@@ -112,11 +112,12 @@ def scalar_metrics(metrics) -> dict[str, float]:
 
 
 
-def write_run_record(trainer, fit_seconds: float) -> None:
+def write_run_record(trainer, fit_seconds: float, diverged: str | None = None) -> None:
     """``<run folder>/run.json``: what ``compare`` needs that no logger keeps (wall time, processes).
 
     ``fit_seconds`` is this process's ``fit`` call, start-up included; ``train_seconds_total`` is the time in
-    the training loop summed over every resume (Lightning's ``Timer`` keeps it in the checkpoints)."""
+    the training loop summed over every resume (Lightning's ``Timer`` keeps it in the checkpoints).
+    ``diverged``: the message of the non-finite loss that stopped the fit, if one did."""
     folder = run_folder(trainer)
     timer = next((callback for callback in trainer.callbacks if isinstance(callback, Timer)), None)
     record = {"fit_seconds": round(fit_seconds, 2),
@@ -125,6 +126,8 @@ def write_run_record(trainer, fit_seconds: float) -> None:
               "global_step": trainer.global_step, "processes": trainer.world_size,
               "resumed_from": str(trainer.ckpt_path) if trainer.ckpt_path else None,
               "model_class": f"{type(trainer.lightning_module).__module__}.{type(trainer.lightning_module).__name__}"}
+    if diverged is not None:
+        record["diverged"] = diverged
     atomic_write(folder / RUN_RECORD, lambda temporary: temporary.write_text(json.dumps(record, indent=1)))
 
 

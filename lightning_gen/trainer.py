@@ -38,7 +38,7 @@ from lightning_gen.callbacks.progress import progress_enabled
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
-from lightning_gen.errors import LightningGenError, check_range
+from lightning_gen.errors import DivergenceError, LightningGenError, check_range
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
     EvaluationSettings,
@@ -147,7 +147,12 @@ class LightningGenTrainer(Trainer):
                 rank_zero_info(f"ckpt_path last: resuming from {found}")
                 ckpt_path = str(found)
         started = time.perf_counter()
-        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        try:
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        except DivergenceError as error:  # the run's record says why it stopped (compare counts it as failed)
+            if self.is_global_zero:
+                write_run_record(self, time.perf_counter() - started, diverged=str(error))
+            raise
         self._metrics_of_last_fit = scalar_metrics(self.callback_metrics)
         if self.is_global_zero:
             write_run_record(self, time.perf_counter() - started)

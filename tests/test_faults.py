@@ -213,6 +213,8 @@ def test_a_non_finite_loss_stops_any_model_and_keeps_the_last_good_checkpoint(in
     assert len(message) == 1 and "training diverged" in message[0] and "nan" in message[0] and "Traceback" not in err
     (last,) = in_tmp_dir.glob(f"runs/{config}/version_0/checkpoints/last.ckpt")
     assert str(last.relative_to(in_tmp_dir)) in message[0] and "epoch 1" in message[0]
+    record = json.loads((last.parent.parent / "run.json").read_text())  # compare counts the run as diverged
+    assert "training diverged" in record["diverged"] and "nan" in record["diverged"]
     checkpoint = read_checkpoint(last)
     assert checkpoint["epoch"] == 0  # the end of the first epoch, before the poison
     assert all(torch.isfinite(value).all() for value in checkpoint["state_dict"].values() if value.is_floating_point())
