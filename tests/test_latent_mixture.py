@@ -116,36 +116,3 @@ def test_pictures_show_the_prior_samples_beside_the_mixture_samples():
     assert not torch.equal(grids["samples"][0], grids["prior_samples"][0])
     vae.sample_latents = "prior"
     assert set(picture_grids(vae, None, torch.Generator().manual_seed(0), num_samples=8)) == {"samples"}
-
-
-def test_a_warm_start_follows_drifting_codes_from_the_fit_it_holds():
-    mixture = _fitted(3, _draw(3000, seed=0))
-    order = mixture.means.argsort(dim=0)[:, 0]  # which component sits on which cluster, by x
-    drifted = _draw(3000, seed=1) + torch.tensor([0.5, -0.5])
-    mixture.fit(drifted, iterations=5, warm_start=True)
-    assert torch.equal(mixture.means.argsort(dim=0)[:, 0], order)  # each component kept its cluster
-    expected = torch.sort(MEANS + torch.tensor([0.5, -0.5]), dim=0).values
-    torch.testing.assert_close(torch.sort(mixture.means, dim=0).values, expected, rtol=0, atol=0.25)
-
-
-def test_a_warm_start_without_a_fit_is_the_fresh_fit():
-    codes = _draw(500, seed=2)
-    fresh, warm = LatentMixture(2, 3), LatentMixture(2, 3)
-    fresh.fit(codes, iterations=7)
-    warm.fit(codes, iterations=7, warm_start=True)  # nothing fitted to start from: k-means++ as usual
-    assert torch.equal(fresh.means, warm.means) and torch.equal(fresh.scale_trils, warm.scale_trils)
-
-
-def test_the_vae_refits_from_its_previous_fit_with_fewer_iterations(monkeypatch):
-    vae, calls = _vae(), []
-    original = LatentMixture.fit
-
-    def recording_fit(self, codes, iterations=50, seed=0, warm_start=False):
-        calls.append((iterations, warm_start, bool(self.fitted)))
-        original(self, codes, iterations, seed, warm_start)
-
-    monkeypatch.setattr(LatentMixture, "fit", recording_fit)
-    for shift in (0.0, 0.1):
-        vae._remember_codes(torch.randn(200, 4) + shift)
-        vae.fit_latent_mixture()
-    assert calls == [(50, True, False), (10, True, True)]

@@ -335,16 +335,10 @@ class VAE(_Autoencoder):
         self._codes_seen += len(codes)
 
     def fit_latent_mixture(self) -> None:
-        """Refit the mixture to the remembered codes, if new ones arrived since the last fit: 50 EM
-        iterations the first time, then 10 from the previous fit. Where EM ends depends more on where
-        it starts than on how long it runs: on a trained Fashion-MNIST VAE's codes, a fresh 50-iteration
-        fit and 10 iterations from a fit to 10k other codes ended within a nat per code of each other,
-        either one ahead (-20.57 vs -19.61, -19.76 vs -20.65 nats), the warm start in a fifth of the time,
-        which is training time at every epoch end."""
+        """Refit the mixture to the remembered codes, if new ones arrived since the last fit."""
         if self._codes_seen == self._codes_at_fit:
             return
-        codes = self._recent_codes[:min(self._codes_seen, len(self._recent_codes))]
-        self.latent_mixture.fit(codes, iterations=10 if self.latent_mixture.fitted else 50, warm_start=True)
+        self.latent_mixture.fit(self._recent_codes[:min(self._codes_seen, len(self._recent_codes))])
         self._codes_at_fit = self._codes_seen
 
     def on_train_epoch_end(self) -> None:

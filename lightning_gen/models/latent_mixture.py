@@ -31,12 +31,9 @@ class LatentMixture(nn.Module):
         return len(self.weights)
 
     @torch.no_grad()
-    def fit(self, codes: Tensor, iterations: int = 50, seed: int = 0, warm_start: bool = False) -> None:
+    def fit(self, codes: Tensor, iterations: int = 50, seed: int = 0) -> None:
         """EM for a Gaussian mixture (Dempster et al. 1977) on ``codes`` ``[M, d]``, in float64, from
         k-means++ centres (Arthur & Vassilvitskii 2007) drawn with ``seed``: the fit depends only on the codes.
-        With ``warm_start`` and a fit of every component already held, EM starts from that fit instead:
-        refitting to codes that drifted a little since (a VAE's, one epoch later) then needs a few
-        iterations, not a fresh start's fifty.
 
         E-step: r_mk = w_k N(z_m | mu_k, S_k) / sum_j w_j N(z_m | mu_j, S_j);
         M-step: w_k = R_k / M, mu_k = sum_m r_mk z_m / R_k, S_k = sum_m r_mk (z_m - mu_k)(z_m - mu_k)^T / R_k,
@@ -45,14 +42,11 @@ class LatentMixture(nn.Module):
         z = codes.detach().double()
         count, dim = z.shape
         k = min(self.components, count)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        means = _kmeans_plus_plus(z, k, generator)
         ridge = 1e-4 * z.var(0).mean().clamp_min(1e-12) * torch.eye(dim, dtype=z.dtype, device=z.device)
-        if warm_start and self.fitted and k == self.components and bool((self.weights > 0).all()):
-            means, log_weights = self.means.to(z), self.weights.to(z).log()
-            covariances = self.scale_trils.to(z) @ self.scale_trils.to(z).transpose(1, 2)
-        else:
-            means = _kmeans_plus_plus(z, k, torch.Generator(device="cpu").manual_seed(seed))
-            covariances = (torch.cov(z.T, correction=0) + ridge).expand(k, dim, dim)
-            log_weights = torch.full((k,), -math.log(k), dtype=z.dtype, device=z.device)
+        covariances = (torch.cov(z.T, correction=0) + ridge).expand(k, dim, dim)
+        log_weights = torch.full((k,), -math.log(k), dtype=z.dtype, device=z.device)
         for _ in range(iterations):
             log_joint = log_weights + _log_normal(z, means, torch.linalg.cholesky(covariances))  # (M, K)
             responsibilities = torch.softmax(log_joint, dim=1)
