@@ -177,8 +177,9 @@ def check_model_supports(model: nn.Module, metrics: Sequence[str]) -> None:
         if needed == "sample":
             raise MetricError(f"{name} needs samples, but {type(model).__name__} has no `sample` method")
         raise MetricError(
-            f"{name} needs an explicit likelihood (`{needed}`), but {type(model).__name__} defines its "
-            f"density only implicitly, so there is no such number to report; remove {name} from the metrics"
+            f"{name} needs an explicit likelihood (`{needed}`), but {type(model).__name__} has none: its density "
+            f"is defined only implicitly (a GAN) or only bounded (see `elbo`), so there is no such number to "
+            f"report; remove {name} from the metrics"
         )
 
 

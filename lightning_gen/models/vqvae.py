@@ -175,6 +175,8 @@ class VQVAE(GenerativeModule):
         dead = len(self.quantizer.dead_codes(self.revive_after))
         if self.revive_dead_codes and dead:
             self.revived_codes += self.quantizer.revive(z_e.detach(), self.revive_after, self.training_rng)
+        if not self.logging_this_batch():
+            return loss
         self.log_dict({"train/loss": loss, "train/recon_nll": recon_nll.mean()}, prog_bar=True)
         self.log_dict({
             "train/commitment": commitment.mean(),

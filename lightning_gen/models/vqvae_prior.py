@@ -237,8 +237,9 @@ class VQVAEPrior(GenerativeModule):
         codes, labels = self._codes_and_labels(batch, "train", batch_idx)
         loss = -self.code_log_likelihood(codes, labels).mean()
         self.guard_finite(loss=loss)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/code_bpc", bits_per_code(loss, self._cells()), prog_bar=True)
+        if self.logging_this_batch():
+            self.log("train/loss", loss, prog_bar=True)
+            self.log("train/code_bpc", bits_per_code(loss, self._cells()), prog_bar=True)
         return loss
 
     def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
