@@ -45,6 +45,8 @@ BENCHMARKS = {
     "quality_at_budget": ("AE, VAE, GAN, PixelCNN: default configs through the CLI vs the better of two plain-PyTorch "
                           "settings at the same wall-clock budget, over seeds (FID, KID, precision/recall, bits/dim; "
                           "results appended to benchmarks/quality_at_budget.jsonl)", []),
+    "vqvae_vs_pixelcnn": ("VQ-VAE + PixelCNN prior (two stages) vs the pixel PixelCNN at the same total wall-clock "
+                          "budget (FID, samples/s at batch 64, images trained)", []),
     "lr_sensitivity": ("default VAE and GAN: learning rate(s) x0.5, x1, x2 at the same wall-clock budget, one seed "
                        "each (FID, precision, recall, images trained, failed: diverged or collapsed)", []),
     "toy_gan_seeds": ("toy GAN recipes (ring of 8, 5x5 grid): mode coverage and high-quality share per training "
@@ -66,7 +68,8 @@ def machine() -> list[str]:
 
 
 # the benchmarks that train each contender for a wall-clock budget (their --minutes)
-FIXED_BUDGET = ("gan_vs_plain", "pixelcnn_vs_plain", "autoencoders_vs_plain", "quality_at_budget", "lr_sensitivity")
+FIXED_BUDGET = ("gan_vs_plain", "pixelcnn_vs_plain", "autoencoders_vs_plain", "quality_at_budget", "lr_sensitivity",
+                "vqvae_vs_pixelcnn")
 
 
 def main() -> None:
