@@ -30,7 +30,9 @@ def _fit(root: Path, config: str, subset: int, extra: list[str]) -> Path:
     return max((root / "runs" / config).glob("version_*"))
 
 
-@pytest.fixture(scope="module")
+# session scope: under `make test`'s workers, spread tests of other modules can run between this module's
+# tests, and a module-scoped fixture is torn down at each switch (the suite built this one twice: 99 s and 123 s)
+@pytest.fixture(scope="session")
 def compared(tmp_path_factory, fmnist_dir):
     root = tmp_path_factory.mktemp("compare")
     runs = [_fit(root, config, 400, extra) for config, extra in FAMILIES.items()]
