@@ -152,8 +152,9 @@ class VQCodesDataModule(SplitDataModule):
     def codes_of(self, split: str) -> tuple[Tensor, Tensor]:
         """(codes ``[N, h, w]``, labels ``[N]``) of the official ``split`` ("train": the whole pool before
         the train/val split, or "test"), from the cache or encoded once and cached."""
-        self.require_vqvae()
-        images = self._split_images(split == "train")
+        return self._cached_codes(self._split_images(split == "train"), split)
+
+    def _cached_codes(self, images: Dataset, split: str) -> tuple[Tensor, Tensor]:
         key = self._cache_key(split, len(images))
         path = self.cache_path(split, len(images))
         if path.is_file():
@@ -191,7 +192,7 @@ class VQCodesDataModule(SplitDataModule):
     def _load(self, train: bool) -> Dataset:
         images = self._split_images(train)
         split = "train" if train else "test"
-        codes, labels = self.codes_of(split)
+        codes, labels = self._cached_codes(images, split)  # the images already loaded, not a second read
         if not torch.equal(labels.long(), torch.as_tensor([int(images[i][1]) for i in range(len(images))])):
             raise CheckpointError(f"the cached code grids in {self.cache_path(split, len(images))} belong to other "
                                   "images (their labels differ): delete that file and run again")
