@@ -37,14 +37,15 @@ def metric_columns(runs) -> list[str]:
     return names
 
 
+def _column_bests(values: dict[str, list[float]]) -> dict[str, float]:
+    """Per metric column with two values or more, the best one by its spec's direction."""
+    return {name: best_of(name, column) for name, column in values.items() if len(column) > 1}
+
+
 def best_values(runs) -> dict[str, float]:
     """Per metric column with values from two runs or more, the best value by its spec's direction."""
-    best = {}
-    for name in metric_columns(runs):
-        values = [r.value for run in runs for r in run.results + run.latent_holes if r.name == name]
-        if len(values) > 1:
-            best[name] = best_of(name, values)
-    return best
+    return _column_bests({name: [r.value for run in runs for r in run.results + run.latent_holes if r.name == name]
+                          for name in metric_columns(runs)})
 
 
 def table_rows(runs) -> tuple[list[str], list[list[tuple[str, bool]]]]:
@@ -75,12 +76,9 @@ def _failed(group) -> str:
 def group_rows(groups) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """The seed groups' table: header and, per group, cells as (text, is the column's best mean)."""
     columns = list(dict.fromkeys(name for group in groups for name in group.metrics))
-    best = {}
-    for name in columns:
-        means = [group.metrics[name]["mean"] for group in groups
-                 if name in group.metrics and group.metrics[name]["mean"] is not None]
-        if len(means) > 1:
-            best[name] = best_of(name, means)
+    best = _column_bests({name: [group.metrics[name]["mean"] for group in groups
+                                 if name in group.metrics and group.metrics[name]["mean"] is not None]
+                          for name in columns})
     header = ["group", "model", "runs", "seeds", "failed",
               *(f"{name} {_ARROWS[better_direction(name)]}" for name in columns)]
     rows = []
