@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lightning_gen.callbacks.pictures import picture_grids
+from lightning_gen.errors import CheckpointError
 from lightning_gen.models import VAE
 from lightning_gen.models.latent_mixture import LatentMixture
 
@@ -116,3 +118,34 @@ def test_pictures_show_the_prior_samples_beside_the_mixture_samples():
     assert not torch.equal(grids["samples"][0], grids["prior_samples"][0])
     vae.sample_latents = "prior"
     assert set(picture_grids(vae, None, torch.Generator().manual_seed(0), num_samples=8)) == {"samples"}
+
+
+def test_a_checkpoint_carries_the_codes_so_a_loaded_vae_fits_the_same_mixture():
+    """No fit at epoch ends: a checkpoint written before any fit still samples from its own codes' mixture."""
+    vae = _vae()
+    vae._remember_codes(torch.randn(300, 4) * 0.5 + 4)
+    checkpoint = {"state_dict": {name: value.clone() for name, value in vae.state_dict().items()}}
+    vae.on_save_checkpoint(checkpoint)
+    assert not vae.latent_mixture.fitted  # nothing has asked for samples yet
+    restored = _vae()
+    restored.on_load_checkpoint(checkpoint)
+    restored.load_state_dict(checkpoint["state_dict"])
+    generator = lambda: torch.Generator().manual_seed(2)  # noqa: E731
+    samples = restored.sample(6, generator())
+    assert torch.equal(samples, vae.sample(6, generator()))
+    fitted = restored.latent_mixture
+    assert torch.allclose(fitted.weights @ fitted.means, torch.full((4,), 4.0), atol=0.1)  # the codes' mean
+    assert torch.equal(restored.latent_mixture.means, vae.latent_mixture.means)
+    control = _vae()  # the same weights without the codes: nothing to fit, so the prior
+    control.load_state_dict(checkpoint["state_dict"])
+    control.sample(6, generator())
+    assert not control.latent_mixture.fitted
+
+
+def test_codes_of_another_shape_are_refused_with_the_settings_to_use():
+    vae = _vae()
+    vae._remember_codes(torch.randn(20, 4))
+    checkpoint = {}
+    vae.on_save_checkpoint(checkpoint)
+    with pytest.raises(CheckpointError, match="mixture_codes, latent_dim"):
+        _vae(mixture_codes=50).on_load_checkpoint(checkpoint)

@@ -37,9 +37,10 @@ class RecordingImageLogger(Logger):
         pass
 
 
-def _fit_with_pictures(tmp_path: Path, model, loggers, **picture_kwargs) -> tuple[PictureLogger, pl.Trainer]:
+def _fit_with_pictures(tmp_path: Path, model, loggers, max_epochs: int = 2,
+                       **picture_kwargs) -> tuple[PictureLogger, pl.Trainer]:
     pictures = PictureLogger(**picture_kwargs)
-    trainer = pl.Trainer(max_epochs=2, logger=loggers, callbacks=[pictures], enable_progress_bar=False,
+    trainer = pl.Trainer(max_epochs=max_epochs, logger=loggers, callbacks=[pictures], enable_progress_bar=False,
                          enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path,
                          num_sanity_val_steps=0)
     loader = fake_image_batches(model.data_shape, n=32, batch_size=16)
@@ -126,6 +127,12 @@ def test_a_model_without_encode_gets_only_samples(tmp_path):
 def test_every_n_epochs_is_respected(tmp_path):
     pictures, _ = _fit_with_pictures(tmp_path, SampleOnlyModel(), [CSVLogger(tmp_path)], every_n_epochs=2)
     assert [p.name for p in pictures.written] == ["val_samples_epoch0001.png"]
+
+
+def test_the_last_epoch_gets_pictures_whatever_the_cadence(tmp_path):
+    pictures, _ = _fit_with_pictures(tmp_path, SampleOnlyModel(), [CSVLogger(tmp_path)], max_epochs=5,
+                                     every_n_epochs=3)
+    assert [p.name for p in pictures.written] == ["val_samples_epoch0002.png", "val_samples_epoch0004.png"]
 
 
 def test_pictures_share_the_x_position_of_the_scalars_when_global_step_runs_ahead(tmp_path):

@@ -22,13 +22,14 @@ TRAIN_BATCHES = 2  # 48 training images (64, a quarter held out for validation) 
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, fmnist_dir):
     """The same command twice in one folder: configs/vae_fmnist.yaml without its evaluation callback (a
-    budget choice), 16 samples per picture, 64 images, two epochs of two batches, every step logged."""
+    budget choice), 16 samples per picture at every epoch, 64 images, two epochs of two batches, every step
+    logged."""
     folder = tmp_path_factory.mktemp("tensorboard_runs")
     config = yaml.safe_load((CONFIGS / "vae_fmnist.yaml").read_text())
     callbacks = [c for c in config["trainer"]["callbacks"] if not c["class_path"].endswith("EvaluationCallback")]
     for callback in callbacks:
         if callback["class_path"].endswith("PictureLogger"):
-            callback["init_args"].update(num_samples=16)
+            callback["init_args"].update(num_samples=16, every_n_epochs=1)  # pictures at every epoch's step
     config["trainer"]["callbacks"] = callbacks
     (folder / "vae_small.yaml").write_text(yaml.safe_dump(config))
     command = ["fit", "--config", str(folder / "vae_small.yaml"), "--config", str(SNIPPET),

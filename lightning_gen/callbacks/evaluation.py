@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import lightning.pytorch as pl
 
+from lightning_gen.callbacks.cadence import due_after_validation
 from lightning_gen.callbacks.progress import inner_progress_enabled
 from lightning_gen.errors import ConfigValueError
 from lightning_gen.faults import kill_point
@@ -34,7 +35,8 @@ class EvaluationCallback(pl.Callback):
 
     Args:
         metrics: names from ``lightning_gen.metrics.METRIC_NAMES``.
-        every_n_epochs: evaluate after every n-th validation epoch (and never during the sanity check).
+        every_n_epochs: evaluate after every n-th validation epoch and after the last epoch's (never
+            during the sanity check).
         num_samples: generated samples per evaluation (over all processes).
         real_split / max_real: the real images to compare with during validation (test always uses
             the test split).
@@ -80,7 +82,7 @@ class EvaluationCallback(pl.Callback):
         return self.seconds_spent / max(time.perf_counter() - self._fit_started, 1e-9)
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not due_after_validation(trainer, self.every_n_epochs):
             return
         start = time.perf_counter()
         self._evaluate(trainer, pl_module, "val", self.settings)

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torchvision.utils import make_grid, save_image
 
+from lightning_gen.callbacks.cadence import due_after_validation
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import ConfigValueError
 from lightning_gen.faults import kill_point
@@ -40,7 +41,7 @@ def log_picture(trainer: pl.Trainer, key: str, images: Tensor, nrow: int) -> Pat
 
 
 class PictureLogger(pl.Callback):
-    """Every ``every_n_epochs`` validation epochs (and once after testing), log:
+    """Every ``every_n_epochs`` validation epochs, after the last epoch's validation, and once after testing, log:
 
     - ``<stage>/samples``: ``num_samples`` draws of ``model.sample`` with a fixed seed, so grids of
       successive epochs show the same latent draws;
@@ -84,7 +85,7 @@ class PictureLogger(pl.Callback):
         self._keep_first_batch(batch, batch_idx, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer, pl_module):
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if not due_after_validation(trainer, self.every_n_epochs):
             return
         self.log_pictures(trainer, pl_module, "val")
 

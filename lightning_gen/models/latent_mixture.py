@@ -53,9 +53,11 @@ class LatentMixture(nn.Module):
             totals = responsibilities.sum(0) + 1e-10  # R_k
             log_weights = torch.log(totals / count)
             means = responsibilities.T @ z / totals[:, None]
-            centred = z[:, None, :] - means  # (M, K, d)
-            covariances = torch.einsum("mk,mki,mkj->kij", responsibilities, centred, centred) / totals[:, None, None]
-            covariances = covariances + ridge
+            # S_k = sum_m r_mk z_m z_m^T / R_k - mu_k mu_k^T: one (K d, M) x (M, d) product instead of the
+            # (M, K, d) tensor of centred codes (float64 keeps the subtraction exact enough)
+            weighted = (responsibilities.T[:, None, :] * z.T).reshape(k * dim, count)  # r_mk z_m, (K d, M)
+            second_moments = (weighted @ z).view(k, dim, dim) / totals[:, None, None]
+            covariances = second_moments - means[:, :, None] * means[:, None, :] + ridge
         weights = torch.zeros(self.components, dtype=z.dtype, device=z.device)
         weights[:k] = log_weights.exp() / log_weights.exp().sum()  # unused components (fewer codes than K) weigh 0
         self.weights.copy_(weights.float())
@@ -78,11 +80,11 @@ class LatentMixture(nn.Module):
 
 def _log_normal(z: Tensor, means: Tensor, scale_trils: Tensor) -> Tensor:
     """log N(z_m | mu_k, L_k L_k^T) for every code and component, ``[M, K]``."""
-    centred = (z[:, None, :] - means).permute(1, 2, 0)  # (K, d, M)
+    centred = z.T - means[:, :, None]  # (K, d, M), contiguous for the solver
     solved = torch.linalg.solve_triangular(scale_trils, centred, upper=False)  # L^-1 (z - mu), (K, d, M)
     half_log_det = scale_trils.diagonal(dim1=1, dim2=2).log().sum(1)  # (K,)
     dim = z.shape[1]
-    return (-0.5 * solved.pow(2).sum(1) - half_log_det[:, None] - 0.5 * dim * math.log(2 * math.pi)).T
+    return (-0.5 * (solved * solved).sum(1) - half_log_det[:, None] - 0.5 * dim * math.log(2 * math.pi)).T
 
 
 def _kmeans_plus_plus(z: Tensor, k: int, generator: torch.Generator) -> Tensor:
