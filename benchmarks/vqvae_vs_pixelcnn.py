@@ -64,8 +64,9 @@ def samples_per_second(model, repeats: int, batch: int = 64) -> float:
 
 
 def train_two_stages(seconds: float, share: float, seed: int, folder: Path, quick: bool,
-                     subset: tuple[str, ...]) -> tuple[Trained, Trained]:
-    """The VQ-VAE for ``share`` x ``seconds``, saved; the prior on its codes for the rest."""
+                     subset: tuple[str, ...], prior_overrides: tuple[str, ...] = ()) -> tuple[Trained, Trained]:
+    """The VQ-VAE for ``share`` x ``seconds``, saved; the prior on its codes (its config with
+    ``prior_overrides``, ``key=value`` pairs) for the rest."""
     vqvae = train_default("vqvae", share * seconds, seed, quick, subset)
     saving = time.perf_counter()
     checkpoint = folder / "vqvae.ckpt"
@@ -73,7 +74,7 @@ def train_two_stages(seconds: float, share: float, seed: int, folder: Path, quic
     vqvae.wall_seconds += time.perf_counter() - saving
     prior = train_default("vqvae_prior", (1 - share) * seconds, seed, quick,
                           (*subset, f"data.init_args.vqvae_checkpoint={checkpoint}",
-                           f"data.init_args.cache_dir={folder / 'cache'}"))
+                           f"data.init_args.cache_dir={folder / 'cache'}", *prior_overrides))
     return vqvae, prior
 
 
@@ -85,9 +86,11 @@ def run(seed: int, args: argparse.Namespace, folder: Path) -> list[dict]:
               "lightning_gen": lightning_gen.__version__, "date": time.strftime("%Y-%m-%dT%H:%M:%S")}
     records = []
     load_before = load_average()
-    vqvae, prior = train_two_stages(seconds, args.vqvae_share, seed, folder, args.quick, subset)
+    overrides = tuple(args.prior_override)
+    vqvae, prior = train_two_stages(seconds, args.vqvae_share, seed, folder, args.quick, subset, overrides)
     records.append({
-        **common, "contender": "vqvae+prior", "vqvae_share": args.vqvae_share, "load_before": load_before,
+        **common, "contender": "vqvae+prior" + (f" [{', '.join(overrides)}]" if overrides else ""),
+        "prior_overrides": list(overrides), "vqvae_share": args.vqvae_share, "load_before": load_before,
         "stages": {name: {"budget_seconds": round(share * seconds, 1), "train_seconds": round(t.train_seconds, 1),
                           "wall_seconds": round(t.wall_seconds, 1), "images_trained": t.images}
                    for name, share, t in (("vqvae", args.vqvae_share, vqvae), ("prior", 1 - args.vqvae_share, prior))},
@@ -119,7 +122,7 @@ def table(records: list[dict], minutes: float) -> list[str]:
     rows = [r for r in records if r["minutes"] == minutes]
     lines = [f"| contender | seeds | FID ({FEATURES}), median (worst) | precision | recall | samples/s at batch 64 "
              "| images trained | bits/dim |", "|---|---|---|---|---|---|---|---|"]
-    for contender in ("vqvae+prior", "pixelcnn"):
+    for contender in dict.fromkeys(r["contender"] for r in rows):  # in order of first appearance
         runs = {r["seed"]: r for r in rows if r["contender"] == contender}  # the latest run of each seed
         if not runs:
             continue
@@ -147,6 +150,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, help="train on the first N training images only (smoke runs)")
     parser.add_argument("--results", type=Path, help=f"JSONL to append to (default {DEFAULT_RESULTS.relative_to(REPO)}"
                         "; with --quick a temporary file)")
+    parser.add_argument("--prior-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the prior's config, e.g. model.init_args.layers=4 (repeatable); the "
+                             "contender is named with its overrides")
     parser.add_argument("--quick", action="store_true", help="6 s budgets, 32 samples, 1000 images: a crash check")
     args = parser.parse_args(argv)
     if not 0 < args.vqvae_share < 1:

@@ -15,6 +15,9 @@ centre pixel and type B shows it. ``mask_type=None`` is an unmasked convolution 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -76,6 +79,8 @@ class CausalConv2d(nn.Conv2d):
             visible = group_out > group_in if mask_type == "A" else group_out >= group_in
             mask[:, :, ci, cj] = visible.float()
         self.register_buffer("mask", mask, persistent=False)
+        self._position_weight: Tensor | None = None  # set while prepared_for_positions() holds
+
 
     def masked_weight(self) -> Tensor:
         return self.weight * self.mask
@@ -83,9 +88,31 @@ class CausalConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         return F.conv2d(F.pad(x, self.causal_padding), self.masked_weight(), self.bias)
 
+    def position_weight(self) -> Tensor:
+        """The masked kernel as a ``[in_channels * kh * kw, out_channels]`` matrix (``at_one_position``)."""
+        if self._position_weight is not None:
+            return self._position_weight
+        return self.masked_weight().flatten(1).T
+
     def at_one_position(self, window: Tensor) -> Tensor:
         """The output at one pixel from its input window ``[N, in_channels, kh, kw]`` -> ``[N, out_channels]``.
 
         One matrix product, the whole cost of this layer for one pixel when sampling incrementally.
         """
-        return torch.addmm(self.bias, window.flatten(1), self.masked_weight().flatten(1).T)
+        return torch.addmm(self.bias, window.flatten(1), self.position_weight())
+
+
+@contextmanager
+def prepared_for_positions(module: nn.Module) -> Iterator[None]:
+    """Within the block, every ``CausalConv2d`` of ``module`` reuses one masked kernel matrix in
+    ``at_one_position`` instead of masking its weight again at every call: incremental sampling calls it
+    once per pixel and layer, and on a CPU the per-call masking was about a quarter of a cell's small ops.
+    The weights must not change inside the block (sampling runs under ``torch.no_grad``)."""
+    convs = [m for m in module.modules() if isinstance(m, CausalConv2d)]
+    for conv in convs:
+        conv._position_weight = conv.masked_weight().detach().flatten(1).T.contiguous()
+    try:
+        yield
+    finally:
+        for conv in convs:
+            conv._position_weight = None

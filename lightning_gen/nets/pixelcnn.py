@@ -25,15 +25,15 @@ from tqdm.auto import tqdm
 from lightning_gen.data.pixels import to_signed
 from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.nets.conv import check_image_shape
-from lightning_gen.nets.masked import CausalConv2d, channel_groups
+from lightning_gen.nets.masked import CausalConv2d, channel_groups, prepared_for_positions
 
 # pick(row, column, group, params [N, P]) -> the sampled values [N, channels of the group] in [0, 1]
 PixelPicker = Callable[[int, int, int, Tensor], Tensor]
 
 
-def gate(x: Tensor) -> Tensor:
-    """tanh(a) * sigmoid(b) for x = [a, b] split along the channels."""
-    a, b = x.chunk(2, dim=1)
+def gate(x: Tensor, dim: int = 1) -> Tensor:
+    """tanh(a) * sigmoid(b) for x = [a, b] split along the channels (``dim``)."""
+    a, b = x.chunk(2, dim=dim)
     return torch.tanh(a) * torch.sigmoid(b)
 
 
@@ -86,11 +86,19 @@ class GatedLayer(nn.Module):
     # --- incremental generation: the same maths on the few inputs one output needs -----------------------
     def vertical_row(self, rows: Tensor, bias_v: Tensor | int) -> tuple[Tensor, Tensor]:
         """Padded input rows ``[N, in, k//2 + 1, W + 2 (k//2)]`` -> (gated output row ``[N, hidden, W]``,
-        the row's contribution to the horizontal stack of the next row ``[N, 2 hidden, W]``)."""
-        v_pre = F.conv2d(rows, self.vertical.weight, self.vertical.bias)  # (N, 2h, 1, W)
-        to_horizontal = self.vertical_to_horizontal(v_pre)[:, :, 0]
-        bias = bias_v[:, :, None, None] if isinstance(bias_v, Tensor) else bias_v
-        return gate(v_pre + bias)[:, :, 0], to_horizontal
+        the row's contribution to the horizontal stack of the next row ``[N, 2 hidden, W]``).
+
+        The convolution as one matrix product over the row's W windows: on a CPU, oneDNN's convolution
+        took ~0.8 ms for these one-row inputs, several times the product's cost."""
+        n, width = len(rows), rows.shape[3] - self.vertical.kernel_size[1] + 1
+        windows = rows.unfold(3, self.vertical.kernel_size[1], 1)  # (N, in, k//2 + 1, W, k)
+        windows = windows.permute(0, 3, 1, 2, 4).reshape(n * width, -1)  # the kernel's (in, kh, kw) order
+        v_pre = torch.addmm(self.vertical.bias, windows, self.vertical.position_weight())  # (N W, 2h)
+        to_horizontal = F.linear(v_pre, self.vertical_to_horizontal.weight.flatten(1), self.vertical_to_horizontal.bias)
+        v_pre = v_pre.view(n, width, -1)
+        bias = bias_v[:, None, :] if isinstance(bias_v, Tensor) else bias_v
+        v_out = gate(v_pre + bias, dim=2)  # (N, W, h)
+        return v_out.transpose(1, 2), to_horizontal.view(n, width, -1).transpose(1, 2)
 
     def horizontal_at(self, window: Tensor, from_above: Tensor, bias_h: Tensor | int, h: Tensor) -> Tensor:
         """Horizontal output at one pixel: ``window`` ``[N, in, 1, k//2 + 1]`` ends at the pixel, ``from_above``
@@ -169,6 +177,11 @@ class GatedPixelCNN(nn.Module):
         per-layer buffers of the current row. ``pick`` turns the parameters of a pixel into its values.
         Returns ``[n, C, H, W]`` in [0, 1].
         """
+        with prepared_for_positions(self):
+            return self._generate(n, pick, labels, progress, device)
+
+    def _generate(self, n: int, pick: PixelPicker, labels: Tensor | None, progress: bool,
+                  device: torch.device | None) -> Tensor:
         channels, height, width = self.data_shape
         p = self.kernel_size // 2
         weight = next(self.parameters())
