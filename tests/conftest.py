@@ -71,10 +71,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "spread: may run on any pytest-xdist worker, apart from its module")
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items):
     """`make test` distributes by group (`--dist loadgroup`): a module's tests stay on one worker, so its
     module-scoped fixtures (a trained run, cached features) are built once; tests marked `spread` (long and
-    independent) go to whichever worker is free."""
+    independent) go to whichever worker is free. First among the hooks: pytest-xdist reads the groups in
+    its own hook, which pluggy would otherwise call before this one."""
     for item in items:
         if item.get_closest_marker("spread") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))

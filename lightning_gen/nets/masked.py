@@ -81,7 +81,6 @@ class CausalConv2d(nn.Conv2d):
         self.register_buffer("mask", mask, persistent=False)
         self._position_weight: Tensor | None = None  # set while prepared_for_positions() holds
 
-
     def masked_weight(self) -> Tensor:
         return self.weight * self.mask
 
@@ -105,9 +104,9 @@ class CausalConv2d(nn.Conv2d):
 @contextmanager
 def prepared_for_positions(module: nn.Module) -> Iterator[None]:
     """Within the block, every ``CausalConv2d`` of ``module`` reuses one masked kernel matrix in
-    ``at_one_position`` instead of masking its weight again at every call: incremental sampling calls it
-    once per pixel and layer, and on a CPU the per-call masking was about a quarter of a cell's small ops.
-    The weights must not change inside the block (sampling runs under ``torch.no_grad``)."""
+    ``at_one_position`` instead of masking and transposing its weight again at every call (incremental
+    sampling calls it once per pixel and layer: thousands of small ops per image on a CPU). The weights
+    must not change inside the block (sampling runs under ``torch.no_grad``)."""
     convs = [m for m in module.modules() if isinstance(m, CausalConv2d)]
     for conv in convs:
         conv._position_weight = conv.masked_weight().detach().flatten(1).T.contiguous()
