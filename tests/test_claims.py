@@ -5,8 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from lightning_gen.metrics.registry import MetricResult
 from lightning_gen.models import GAN, VAE, PixelCNN
+from lightning_gen.report import claims
 from lightning_gen.report.claims import capabilities, claim_summary
 from lightning_gen.report.compare import ComparedRun
 
@@ -49,3 +52,25 @@ def test_capabilities_are_read_from_what_each_model_exposes():
     assert capabilities(vae) == {"likelihood": "explicit: IWAE bound", "encoder": "yes", "reconstructions": "yes",
                                  "latent interpolation": "yes"}
     assert capabilities(pixelcnn)["likelihood"] == "explicit: exact autoregressive likelihood"
+
+
+class _FirstCallPaysOnce:
+    """A model whose first ``sample`` costs 100 s of a fake clock (a lazily fitted density) and every later
+    call 1 s, whatever its batch."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, clock: list[float]):
+        self.clock, self.calls = clock, 0
+
+    def sample(self, n, generator=None):
+        self.clock[0] += 100.0 if self.calls == 0 else 1.0
+        self.calls += 1
+        return torch.zeros(n, 1, 28, 28)
+
+
+def test_sampling_speeds_leave_one_off_costs_of_the_first_call_out(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(claims.time, "perf_counter", lambda: clock[0])
+    speeds = claims.sampling_speeds(_FirstCallPaysOnce(clock), batches=(1, 64))
+    assert speeds == {"batch 1": 1.0, "batch 64": 64.0}  # without a warm-up call: batch 1 at 1/100 samples/s

@@ -12,6 +12,7 @@ from test_pictures import SampleOnlyModel
 
 from lightning_gen.callbacks import EvaluationCallback
 from lightning_gen.data import FashionMNISTDataModule
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.metrics import MetricError
 from lightning_gen.models import VAE
 
@@ -73,6 +74,18 @@ def test_a_model_without_likelihood_is_refused_before_training(tmp_path, fmnist_
 def test_unknown_metric_names_fail_at_construction():
     with pytest.raises(MetricError, match="fidd"):
         EvaluationCallback(metrics=["fidd"])
+
+
+def test_kid_subsets_reach_the_protocol_and_nonsense_is_refused(fmnist_dir, tmp_path):
+    data = FashionMNISTDataModule(data_dir=str(fmnist_dir), subset=100, batch_size=100)
+    model = VAE(data_shape=(1, 28, 28), latent_dim=4, channels=8, hidden=32)
+    callback = EvaluationCallback(metrics=["kid"], num_samples=50, kid_subsets=7, cache_dir=str(tmp_path / "cache"))
+    trainer = _trainer(tmp_path, callback)
+    trainer.test(model, datamodule=data, verbose=False)
+    (record,) = [json.loads(line) for line in (Path(trainer.log_dir) / "evaluation.jsonl").read_text().splitlines()]
+    assert record["name"] == "kid_fmnist_clf" and record["protocol"]["kid_subsets"] == 7
+    with pytest.raises(ConfigValueError, match="kid_subsets must be >= 1, got 0"):
+        EvaluationCallback(metrics=["kid"], kid_subsets=0)
 
 
 def test_training_is_identical_with_and_without_evaluation(fmnist_dir, tmp_path):

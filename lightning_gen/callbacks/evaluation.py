@@ -42,6 +42,9 @@ class EvaluationCallback(pl.Callback):
             the test split).
         features / features_weights: feature extractor name or class path (default by data shape) and
             an optional weights file.
+        kid_subsets: subsets KID averages over (its protocol records the number). Each costs three
+            kernel matrices of ``kid_subset_size``² entries: 100 took 1.7 s of a 4.6-s evaluation of 3000
+            samples on 2 CPU cores, so training-time configs may use fewer; the mean is unbiased either way.
     """
 
     def __init__(
@@ -56,15 +59,19 @@ class EvaluationCallback(pl.Callback):
         seed: int = 0,
         batch_size: int = 500,
         cache_dir: str | None = None,
+        kid_subsets: int = 100,
     ):
         super().__init__()
         if every_n_epochs < 1:
             raise ConfigValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if kid_subsets < 1:
+            raise ConfigValueError(f"kid_subsets must be >= 1, got {kid_subsets}")
         self.metrics = parse_metric_names(metrics)
         self.every_n_epochs = every_n_epochs
         self.settings = EvaluationSettings(
             metrics=self.metrics, num_samples=num_samples, split=real_split, max_real=max_real, features=features,
             features_weights=features_weights, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
+            kid_subsets=kid_subsets,
         )
         self.seconds_spent = 0.0
         self._fit_started: float | None = None
