@@ -84,6 +84,7 @@ import lightning
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from budget import StopAfter, batches_until, cpu_name, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import Tensor, nn
 
@@ -469,9 +470,13 @@ def read_results(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def config_digest(family: str) -> str:
-    """The first 8 hex digits of the SHA-256 of the family's config file as it is now."""
-    return hashlib.sha256((REPO / "configs" / f"{family}_fmnist.yaml").read_bytes()).hexdigest()[:8]
+def config_digest(family: str, folder: Path = REPO / "configs") -> str:
+    """The first 8 hex digits of the SHA-256 of the family's config as it is now: of its parsed content
+    (canonical JSON), so that editing a comment or the layout keeps the results that the recipe earned,
+    while any changed value starts a new row. (Records before 2026-12-03 hashed the file's bytes; their
+    digests were converted through the config's git history, one record of an uncommitted variant aside.)"""
+    content = yaml.safe_load((folder / f"{family}_fmnist.yaml").read_text())
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def setting_label(record: dict) -> str:

@@ -68,3 +68,13 @@ def test_quality_table_reports_median_and_worst_seed_against_the_better_baseline
 
     only_default = [r for r in records if r["contender"] == "lightning-gen"]
     assert "no ratio" in "\n".join(family_table(only_default, "gan", 5.0, quick=False, results=tmp_path / "r.jsonl"))
+
+
+def test_the_config_digest_follows_the_recipe_not_its_comments_or_layout(tmp_path):
+    config = tmp_path / "gan_fmnist.yaml"
+    config.write_text("model:\n  init_args:\n    lr: 0.001  # Adam\n    width: 64\n")
+    digest = config_digest("gan", tmp_path)
+    config.write_text("# a new comment\nmodel:\n  init_args:\n    width: 64\n    lr: 0.001\n")
+    assert config_digest("gan", tmp_path) == digest  # comments and key order: the same recipe
+    config.write_text("model:\n  init_args:\n    lr: 0.002\n    width: 64\n")
+    assert config_digest("gan", tmp_path) != digest  # a changed value: another recipe, another row
