@@ -84,7 +84,7 @@ def test_kid_subsets_reach_the_protocol_and_nonsense_is_refused(fmnist_dir, tmp_
     trainer.test(model, datamodule=data, verbose=False)
     (record,) = [json.loads(line) for line in (Path(trainer.log_dir) / "evaluation.jsonl").read_text().splitlines()]
     assert record["name"] == "kid_fmnist_clf" and record["protocol"]["kid_subsets"] == 7
-    with pytest.raises(ConfigValueError, match="kid_subsets must be >= 1, got 0"):
+    with pytest.raises(ConfigValueError, match="kid_subsets must be at least 1, got 0"):
         EvaluationCallback(metrics=["kid"], kid_subsets=0)
 
 

@@ -11,7 +11,7 @@ import lightning.pytorch as pl
 
 from lightning_gen.callbacks.cadence import due_after_validation
 from lightning_gen.callbacks.progress import inner_progress_enabled
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import check_range
 from lightning_gen.faults import kill_point
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
@@ -62,10 +62,7 @@ class EvaluationCallback(pl.Callback):
         kid_subsets: int = 100,
     ):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ConfigValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
-        if kid_subsets < 1:
-            raise ConfigValueError(f"kid_subsets must be >= 1, got {kid_subsets}")
+        check_range(at_least=1, every_n_epochs=every_n_epochs, kid_subsets=kid_subsets)
         self.metrics = parse_metric_names(metrics)
         self.every_n_epochs = every_n_epochs
         self.settings = EvaluationSettings(
