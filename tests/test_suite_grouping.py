@@ -33,11 +33,11 @@ def _workers_of_each_module(tmp_path, dist: str) -> dict[str, set[str]]:
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", dist, "-p", "no:cacheprovider",
                              str(folder)], capture_output=True, text=True, cwd=folder, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = (folder / "workers.txt").read_text().splitlines()
+    assert len(lines) == 8  # every test ran once
     workers = defaultdict(set)
-    for line in (folder / "workers.txt").read_text().splitlines():
-        module, worker = line.split()
+    for module, worker in map(str.split, lines):
         workers[module].add(worker)
-    assert sum(1 for _ in (folder / "workers.txt").read_text().splitlines()) == 8
     return workers
 
 
