@@ -427,6 +427,8 @@ def load_average() -> list[float]:
 def run_one(family: str, contender: Contender, seed: int, args) -> dict:
     """Train ``contender`` for the budget, evaluate it, and return its result record."""
     load_before = load_average()
+    # the config as it was when training read it, even if the file changes during the run
+    digest = config_digest(family) if contender.contender == "lightning-gen" else None
     trained = contender.train(args.minutes * 60, seed)
     evaluation_started = time.perf_counter()
     num_samples = args.pixelcnn_samples if family == "pixelcnn" else args.num_samples
@@ -435,7 +437,7 @@ def run_one(family: str, contender: Contender, seed: int, args) -> dict:
         save_samples(trained.model, args.save_samples / f"{family}-{contender.key}-seed{seed}-{args.minutes:g}min.npz")
     record = {
         "family": family, "contender": contender.contender, "setting": contender.setting,
-        **({"config_digest": config_digest(family)} if contender.contender == "lightning-gen" else {}),
+        **({"config_digest": digest} if digest else {}),
         "description": contender.description, "seed": seed, "minutes": args.minutes,
         "budget_seconds": args.minutes * 60, "train_seconds": round(trained.train_seconds, 2),
         "wall_seconds": round(trained.wall_seconds, 2), "images_trained": trained.images,

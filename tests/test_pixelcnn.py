@@ -19,6 +19,7 @@ from contract import GenerativeModelContract
 
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.data.pixels import NUM_LEVELS
+from lightning_gen.errors import ConfigValueError
 from lightning_gen.losses.autoregressive import CategoricalPixels, DiscretizedLogisticMixture
 from lightning_gen.models import VAE, PixelCNN
 from lightning_gen.nets.masked import CausalConv2d
@@ -97,6 +98,38 @@ def test_gated_network_has_no_blind_spot_where_the_classic_one_has():
     assert (i - 1, j + 2) in blind, blind  # the wedge above and to the right that 3x3 masked stacks never reach
 
 
+def test_a_larger_first_kernel_widens_the_context_and_stays_causal():
+    torch.manual_seed(0)
+    shape, i, j = (3, 9, 9), 7, 4
+    nets = {size: GatedPixelCNN(shape, 3 * NUM_LEVELS, groups=3, hidden=12, layers=2, kernel_size=3,
+                                first_kernel_size=size).double() for size in (3, 7)}
+    x = torch.rand(2, *shape, dtype=torch.float64)
+    grads = {size: _input_gradients(net, x, i, j, slice(0, NUM_LEVELS)) for size, net in nets.items()}
+    # two layers: the vertical stack reaches k1 // 2 + 2 rows above (one more row per layer, one from the
+    # shift into the horizontal stack), the horizontal one k1 // 2 + 1 columns to the left
+    for size, rows, columns in ((3, 3, 2), (7, 5, 4)):
+        seen = grads[size].sum(0) > 0
+        assert seen[i - rows, j] and not seen[: i - rows].any(), size
+        assert seen[i, j - columns] and not seen[i, : j - columns].any(), size
+        assert not seen[i, j:].any() and not seen[i + 1:].any(), size  # nothing at or after the pixel
+
+
+def test_dilated_vertical_stacks_reach_further_up_without_gaps_and_stay_causal():
+    torch.manual_seed(0)
+    shape, i, j = (1, 16, 16), 15, 8
+    x = torch.rand(2, *shape, dtype=torch.float64)
+    # rows reached: 1 (the shift into the horizontal stack) + each layer's spacing; a cycle repeats
+    for layers, dilations, rows in ((3, [1, 1, 1], 4), (3, [1, 2, 4], 8), (5, [1, 2], 1 + 1 + 2 + 1 + 2 + 1)):
+        net = GatedPixelCNN(shape, NUM_LEVELS, hidden=8, layers=layers, kernel_size=3, dilations=dilations).double()
+        seen = _input_gradients(net, x, i, j, slice(None))[0] > 0
+        column = seen[:, j]
+        assert column[i - rows: i].all() and not column[: i - rows].any(), (dilations, column)  # no holes
+        assert not seen[i, j:].any() and not seen[i + 1:].any(), dilations
+    for bad in ([], [2, 0]):
+        with pytest.raises(ConfigValueError, match="dilations must be a non-empty list of spacings >= 1"):
+            GatedPixelCNN(shape, NUM_LEVELS, layers=2, dilations=bad)
+
+
 def test_mask_type_a_hides_the_current_sub_pixel_and_type_b_shows_it():
     a = CausalConv2d(3, 6, (3, 3), (1, 1), "A", groups=3)
     b = CausalConv2d(6, 6, (3, 3), (1, 1), "B", groups=3)
@@ -165,8 +198,11 @@ def test_class_conditional_likelihood_marginalises_over_a_uniform_prior():
     "kwargs",
     [dict(data_shape=(1, 7, 6)), dict(data_shape=(3, 5, 5), hidden=12),
      dict(data_shape=(3, 5, 5), hidden=12, distribution="logistic_mixture", mixture_components=3),
-     dict(data_shape=(1, 6, 6), num_classes=4), dict(data_shape=(1, 6, 6), kernel_size=5, layers=4)],
-    ids=["gray", "rgb-categorical", "rgb-mixture", "class-conditional", "kernel-5"],
+     dict(data_shape=(1, 6, 6), num_classes=4), dict(data_shape=(1, 6, 6), kernel_size=5, layers=4),
+     dict(data_shape=(3, 6, 7), hidden=12, first_kernel_size=7),
+     dict(data_shape=(1, 9, 8), layers=4, first_kernel_size=5, dilations=[1, 2, 3, 2])],
+    ids=["gray", "rgb-categorical", "rgb-mixture", "class-conditional", "kernel-5", "rgb-first-kernel-7",
+         "dilated"],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fast_and_reference_samplers_draw_identical_images(kwargs, dtype):
@@ -184,7 +220,8 @@ def test_fast_sampler_computes_the_reference_parameters_on_a_config_sized_model(
     """Teacher forcing: run the incremental generator along a fixed image and compare every pixel's
     parameters with one full forward pass (float32 rounding only)."""
     torch.manual_seed(0)
-    model = PixelCNN(hidden=32, layers=6, kernel_size=5)  # deeper and wider than the config's: more cache to get wrong
+    # deeper and wider than the config's, and a first layer of another size: more cache to get wrong
+    model = PixelCNN(hidden=32, layers=6, kernel_size=5, first_kernel_size=7, dilations=[1, 1, 2, 4, 8, 1])
     image = torch.randint(0, 256, (2, 1, 28, 28)).float() / 255
     with torch.no_grad():
         full = model.net(image)

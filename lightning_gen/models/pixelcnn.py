@@ -107,6 +107,10 @@ class PixelCNN(GenerativeModule):
             "logistic_mixture" (PixelCNN++'s discretised logistic mixture, for RGB).
         mixture_components: components of the logistic mixture.
         hidden, layers, kernel_size: width, number of gated layers and kernel size of the network.
+        first_kernel_size: kernel size of the first layer (None: ``kernel_size``); it reads the image
+            itself, so a larger one widens the context cheaply.
+        dilations: tap spacings of the vertical stacks, repeated over the layers (None: all 1); e.g.
+            [1, 2, 4, 8] lets 4 layers of 3x3 see 16 rows above a pixel instead of 5, for the same compute.
         num_classes: class-conditional model with this many classes (None: unconditional). It must equal
             the DataModule's ``num_classes``. Without labels, ``log_likelihood`` marginalises over a uniform
             class prior and ``sample`` draws the classes uniformly.
@@ -127,6 +131,8 @@ class PixelCNN(GenerativeModule):
         sampler: str = "fast",
         optimizer: OptimizerCallable = torch.optim.Adam,
         compile: bool = False,
+        first_kernel_size: int | None = None,
+        dilations: list[int] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
@@ -140,7 +146,8 @@ class PixelCNN(GenerativeModule):
         self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
         self.distribution = build_pixel_distribution(distribution, self.data_shape[0], mixture_components)
         self.net = GatedPixelCNN(self.data_shape, self.distribution.params_per_pixel, self.distribution.groups,
-                                 hidden, layers, kernel_size, num_classes)
+                                 hidden, layers, kernel_size, num_classes, first_kernel_size,
+                                 dilations)
         self.num_classes, self.sampler = num_classes, sampler
         self.optimizer_factory = optimizer
         self.compile_networks = compile

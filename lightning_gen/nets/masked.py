@@ -50,6 +50,7 @@ class CausalConv2d(nn.Conv2d):
         groups: channel groups of the centre tap (1 for grayscale; the image's channel count for RGB
             with an R -> G -> B dependence). Not ``nn.Conv2d``'s ``groups``.
         in_halves, out_halves: 2 where the input / output is split by a gate.
+        dilation: spacing of the kernel's taps (rows and columns alike); the padding scales with it.
     """
 
     def __init__(
@@ -62,14 +63,16 @@ class CausalConv2d(nn.Conv2d):
         groups: int = 1,
         in_halves: int = 1,
         out_halves: int = 1,
+        dilation: int = 1,
     ):
-        super().__init__(in_channels, out_channels, kernel_size, padding=0)
+        super().__init__(in_channels, out_channels, kernel_size, padding=0, dilation=dilation)
         if mask_type is not None and mask_type not in MASK_TYPES:
             raise ConfigValueError(f"unknown mask type {mask_type!r}; choose one of {MASK_TYPES} or None")
         (kh, kw), (ci, cj) = self.kernel_size, center
         self.center = (ci, cj)
         self.mask_type = mask_type
-        self.causal_padding = (cj, kw - 1 - cj, ci, kh - 1 - ci)  # left, right, top, bottom (F.pad order)
+        d = dilation  # left, right, top, bottom (F.pad order)
+        self.causal_padding = (cj * d, (kw - 1 - cj) * d, ci * d, (kh - 1 - ci) * d)
         mask = torch.ones(out_channels, in_channels, kh, kw)
         if mask_type is not None:
             mask[:, :, ci, cj + 1:] = 0  # right of the centre, same row
@@ -85,7 +88,7 @@ class CausalConv2d(nn.Conv2d):
         return self.weight * self.mask
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.conv2d(F.pad(x, self.causal_padding), self.masked_weight(), self.bias)
+        return F.conv2d(F.pad(x, self.causal_padding), self.masked_weight(), self.bias, dilation=self.dilation)
 
     def position_weight(self) -> Tensor:
         """The masked kernel as a ``[in_channels * kh * kw, out_channels]`` matrix (``at_one_position``)."""

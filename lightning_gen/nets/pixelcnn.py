@@ -50,16 +50,19 @@ def to_network_input(x: Tensor) -> Tensor:
 class GatedLayer(nn.Module):
     """One gated layer of both stacks.
 
-    vertical:   v' = gate(V * v + c_v)                       (kernel (k//2 + 1) x k: rows i - k//2 .. i)
+    vertical:   v' = gate(V * v + c_v)                       (kernel (k//2 + 1) x k with taps d = ``dilation``
+                                                              apart: rows i - d (k//2) .. i)
     horizontal: h' = h + W_o gate(H * h + W_vh shift(V * v) + c_h)   (kernel 1 x (k//2 + 1), residual
                                                                        except in the first layer)
     """
 
     def __init__(self, in_channels: int, hidden: int, kernel_size: int, first: bool, groups: int,
-                 num_classes: int | None):
+                 num_classes: int | None, dilation: int = 1):
         super().__init__()
-        p = kernel_size // 2
-        self.vertical = CausalConv2d(in_channels, 2 * hidden, (p + 1, kernel_size), (p, p), None)
+        self.padding = p = kernel_size // 2  # of the horizontal stack: columns to the left
+        self.vertical_reach = p * dilation  # rows above (and columns either side) the vertical kernel reads
+        self.vertical = CausalConv2d(in_channels, 2 * hidden, (p + 1, kernel_size), (p, p), None,
+                                     dilation=dilation)
         self.horizontal = CausalConv2d(in_channels, 2 * hidden, (1, p + 1), (0, p), "A" if first else "B",
                                        groups, in_halves=1, out_halves=2)
         # features of the rows above are visible to every channel group: no mask
@@ -85,13 +88,14 @@ class GatedLayer(nn.Module):
 
     # --- incremental generation: the same maths on the few inputs one output needs -----------------------
     def vertical_row(self, rows: Tensor, bias_v: Tensor | int) -> tuple[Tensor, Tensor]:
-        """Padded input rows ``[N, in, k//2 + 1, W + 2 (k//2)]`` -> (gated output row ``[N, hidden, W]``,
-        the row's contribution to the horizontal stack of the next row ``[N, 2 hidden, W]``).
+        """The kernel's padded input rows ``[N, in, k//2 + 1, W + 2 reach]`` -> (gated output row
+        ``[N, hidden, W]``, the row's contribution to the horizontal stack of the next row ``[N, 2 hidden, W]``).
 
         The convolution as one matrix product over the row's W windows: on a CPU, oneDNN's convolution
         took ~0.8 ms for these one-row inputs, several times the product's cost."""
-        n, width = len(rows), rows.shape[3] - self.vertical.kernel_size[1] + 1
-        windows = rows.unfold(3, self.vertical.kernel_size[1], 1)  # (N, in, k//2 + 1, W, k)
+        n, width = len(rows), rows.shape[3] - 2 * self.vertical_reach
+        taps, spacing = self.vertical.kernel_size[1], self.vertical.dilation[1]
+        windows = rows.unfold(3, (taps - 1) * spacing + 1, 1)[..., ::spacing]  # (N, in, k//2 + 1, W, k)
         windows = windows.permute(0, 3, 1, 2, 4).reshape(n * width, -1)  # the kernel's (in, kh, kw) order
         v_pre = torch.addmm(self.vertical.bias, windows, self.vertical.position_weight())  # (N W, 2h)
         to_horizontal = F.linear(v_pre, self.vertical_to_horizontal.weight.flatten(1), self.vertical_to_horizontal.bias)
@@ -134,21 +138,35 @@ class GatedPixelCNN(nn.Module):
         groups: channel groups (1, or C for an R -> G -> B ordering inside each pixel); the output's
             parameters must be laid out in ``groups`` contiguous blocks, one per group.
         num_classes: if given, every layer adds a learned per-class bias (class-conditional model).
+        first_kernel_size: kernel size of the first layer (default ``kernel_size``). The first layer reads
+            the image's few channels, so a larger kernel there widens the context (kernel // 2 more rows
+            above and columns left) for little compute.
+        dilations: tap spacings of the layers' vertical stacks, a cycle repeated over the layers as
+            WaveNet repeats its dilations (default: all 1). Spacings that double, e.g. 1, 2, 4, 8, let the
+            rows above reach far up the image at the cost of a 1-spaced stack.
     """
 
     def __init__(self, data_shape: tuple[int, int, int], params_per_pixel: int, groups: int = 1,
-                 hidden: int = 64, layers: int = 8, kernel_size: int = 5, num_classes: int | None = None):
+                 hidden: int = 64, layers: int = 8, kernel_size: int = 5, num_classes: int | None = None,
+                 first_kernel_size: int | None = None, dilations: list[int] | None = None):
         super().__init__()
         self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
         channels = self.data_shape[0]
         if groups not in (1, channels):
             raise ConfigValueError(f"groups must be 1 or the number of image channels ({channels}), got {groups}")
-        if kernel_size < 3 or kernel_size % 2 == 0:
-            raise ConfigValueError(f"kernel_size must be odd and at least 3, got {kernel_size}")
+        first_kernel_size = kernel_size if first_kernel_size is None else first_kernel_size
+        for name, size in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
+            if size < 3 or size % 2 == 0:
+                raise ConfigValueError(f"{name} must be odd and at least 3, got {size}")
         check_range(at_least=1, params_per_pixel=params_per_pixel, hidden=hidden, layers=layers)
+        cycle = [1] if dilations is None else list(dilations)
+        if not cycle or min(cycle) < 1:
+            raise ConfigValueError(f"dilations must be a non-empty list of spacings >= 1 (or null), got {dilations}")
+        dilations = [cycle[index % len(cycle)] for index in range(layers)]
         self.groups, self.hidden, self.kernel_size = groups, hidden, kernel_size
         self.layers = nn.ModuleList(
-            GatedLayer(channels if index == 0 else hidden, hidden, kernel_size, index == 0, groups, num_classes)
+            GatedLayer(channels if index == 0 else hidden, hidden, first_kernel_size if index == 0 else kernel_size,
+                       index == 0, groups, num_classes, dilations[index])
             for index in range(layers)
         )
         self.head = OutputHead(hidden, params_per_pixel, groups)
@@ -183,13 +201,14 @@ class GatedPixelCNN(nn.Module):
     def _generate(self, n: int, pick: PixelPicker, labels: Tensor | None, progress: bool,
                   device: torch.device | None) -> Tensor:
         channels, height, width = self.data_shape
-        p = self.kernel_size // 2
+        pads = [layer.padding for layer in self.layers]  # columns left of the horizontal kernels
+        reaches = [layer.vertical_reach for layer in self.layers]  # rows above, columns either side
         weight = next(self.parameters())
         zeros = lambda *shape: torch.zeros(*shape, device=device or weight.device, dtype=weight.dtype)  # noqa: E731
         x = zeros(n, channels, height, width)
         in_channels = [layer.horizontal.in_channels for layer in self.layers]
-        # inputs of each layer's vertical convolution, zero-padded p rows on top and p columns each side
-        vertical_inputs = [zeros(n, c, height + p, width + 2 * p) for c in in_channels]
+        # inputs of each layer's vertical convolution, zero-padded `reach` rows on top and columns each side
+        vertical_inputs = [zeros(n, c, height + r, width + 2 * r) for c, r in zip(in_channels, reaches)]
         biases = [layer.class_biases(labels) for layer in self.layers]
         for i in tqdm(range(height), desc="sampling rows", disable=not progress, leave=False):
             if i == 0:  # the row above the image is zero padding
@@ -198,24 +217,28 @@ class GatedPixelCNN(nn.Module):
             else:
                 from_above = []
                 for index, layer in enumerate(self.layers):
-                    rows = vertical_inputs[index][:, :, i - 1: i + p]  # input rows i-1-p .. i-1
+                    spacing = layer.vertical.dilation[0]  # input rows i-1-reach .. i-1, `spacing` apart
+                    rows = vertical_inputs[index][:, :, i - 1: i + reaches[index]: spacing]
                     v_out, to_horizontal = layer.vertical_row(rows, biases[index][0])
                     from_above.append(to_horizontal)
                     if index + 1 < len(self.layers):
-                        vertical_inputs[index + 1][:, :, p + i - 1, p: p + width] = v_out
-            horizontal_inputs = [zeros(n, c, 1, width + p) for c in in_channels]  # p zero columns on the left
+                        r = reaches[index + 1]
+                        vertical_inputs[index + 1][:, :, r + i - 1, r: r + width] = v_out
+            horizontal_inputs = [zeros(n, c, 1, width + p) for c, p in zip(in_channels, pads)]  # p zero columns left
             for j in range(width):
                 for group in range(self.groups):
                     h = to_network_input(x[:, :, i, j])  # (n, C)
                     for index, layer in enumerate(self.layers):
+                        p = pads[index]
                         horizontal_inputs[index][:, :, 0, p + j] = h
                         window = horizontal_inputs[index][:, :, :, j: j + p + 1]
                         h = layer.horizontal_at(window, from_above[index][:, :, j], biases[index][1], h)
                     x[:, self.channels_of_group(group), i, j] = pick(i, j, group, self.head.at(h))
                 # the image itself is the first layer's input; deeper inputs at this pixel never depend on
                 # the last channel group, so the last pass already left them final
-                horizontal_inputs[0][:, :, 0, p + j] = to_network_input(x[:, :, i, j])
-            vertical_inputs[0][:, :, p + i, p: p + width] = to_network_input(x[:, :, i])
+                horizontal_inputs[0][:, :, 0, pads[0] + j] = to_network_input(x[:, :, i, j])
+            r = reaches[0]
+            vertical_inputs[0][:, :, r + i, r: r + width] = to_network_input(x[:, :, i])
         return x
 
 
