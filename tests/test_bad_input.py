@@ -17,10 +17,12 @@ import yaml
 from conftest import CONFIGS, FMNIST_DIR, write_idx
 from PIL import Image
 
+from lightning_gen.callbacks import PictureLogger
 from lightning_gen.checkpoints import FORMAT_KEY
 from lightning_gen.cli import main
 from lightning_gen.data import FashionMNISTDataModule, ToyMixtureDataModule
 from lightning_gen.errors import ConfigValueError
+from lightning_gen.metrics.precision_recall import PrecisionRecall
 from lightning_gen.models import AE, GAN, VAE, PixelCNN
 from lightning_gen.nets.conv import ConvEncoder
 from lightning_gen.nets.gan import MLPGenerator
@@ -247,6 +249,9 @@ OUT_OF_RANGE = [  # (class, arguments, the message): sizes, counts, weights, fra
     (GAN, {"ema_decay": float("nan")}, "ema_decay must be in [0, 1), got nan"),
     (PixelCNN, {"layers": 0}, "layers must be at least 1, got 0"),
     (PixelCNN, {"distribution": "logistic_mixture", "mixture_components": 0}, "mixture_components must be at least 1"),
+    (PixelCNN, {"first_kernel_size": 4}, "first_kernel_size must be odd and at least 3, got 4"),
+    (PictureLogger, {"every_n_epochs": 0}, "every_n_epochs must be at least 1, got 0"),
+    (PrecisionRecall, {"k": 0}, "k must be at least 1, got 0"),
     (FashionMNISTDataModule, {"batch_size": 0}, "batch_size must be at least 1, got 0"),
     (FashionMNISTDataModule, {"eval_batch_size": -8}, "eval_batch_size must be at least 1, got -8"),
     (FashionMNISTDataModule, {"num_workers": -1}, "num_workers must be at least 0, got -1"),

@@ -16,7 +16,7 @@ from torchvision.utils import make_grid, save_image
 
 from lightning_gen.callbacks.cadence import due_after_validation
 from lightning_gen.data.base import batch_images
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import check_range
 from lightning_gen.faults import kill_point
 from lightning_gen.files import atomic_write
 from lightning_gen.models.base import has_surface
@@ -64,8 +64,7 @@ class PictureLogger(pl.Callback):
         seed: int = 0,
     ):
         super().__init__()
-        if every_n_epochs < 1:
-            raise ConfigValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        check_range(at_least=1, every_n_epochs=every_n_epochs)
         self.every_n_epochs = every_n_epochs
         self.num_samples, self.num_reconstructions = num_samples, num_reconstructions
         self.num_interpolations, self.interpolation_steps = num_interpolations, interpolation_steps

@@ -14,7 +14,7 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_gen.errors import ConfigValueError
+from lightning_gen.errors import ConfigValueError, check_range
 
 
 def kth_neighbour_radii(features: Tensor, k: int, chunk: int = 1024) -> Tensor:
@@ -42,8 +42,7 @@ class PrecisionRecall(Metric):
 
     def __init__(self, k: int = 3, **kwargs):
         super().__init__(**kwargs)
-        if k < 1:
-            raise ConfigValueError(f"k must be >= 1, got {k}")
+        check_range(at_least=1, k=k)
         self.k = k
         self.add_state("real_features", [], dist_reduce_fx="cat")
         self.add_state("fake_features", [], dist_reduce_fx="cat")
