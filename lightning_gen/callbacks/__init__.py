@@ -2,9 +2,11 @@
 graceful stop on SIGTERM/Ctrl-C (the last two installed by ``LightningGenTrainer`` itself), progress bars,
 and the resolved config in the loggers (``SaveConfigToLoggers``, used by the CLI)."""
 
+from lightning_gen.callbacks.budget_decay import BudgetLRDecay
 from lightning_gen.callbacks.checkpoint import CurrentLastModelCheckpoint
 from lightning_gen.callbacks.evaluation import EvaluationCallback
 from lightning_gen.callbacks.pictures import PictureLogger, log_picture
 from lightning_gen.callbacks.stop import GracefulStop
 
-__all__ = ["CurrentLastModelCheckpoint", "EvaluationCallback", "GracefulStop", "PictureLogger", "log_picture"]
+__all__ = ["BudgetLRDecay", "CurrentLastModelCheckpoint", "EvaluationCallback", "GracefulStop", "PictureLogger",
+           "log_picture"]
