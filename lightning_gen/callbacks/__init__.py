@@ -1,4 +1,5 @@
-"""Callbacks: pictures in the logger, sample-quality evaluation, a ``last.ckpt`` that is always current, the
+"""Callbacks: pictures in the logger, sample-quality evaluation, learning rates that run down with the training
+budget (``BudgetLRDecay``), a ``last.ckpt`` that is always current, the
 graceful stop on SIGTERM/Ctrl-C (the last two installed by ``LightningGenTrainer`` itself), progress bars,
 and the resolved config in the loggers (``SaveConfigToLoggers``, used by the CLI)."""
 

@@ -3,9 +3,9 @@
 When training stops at a fixed budget rather than at convergence, a learning rate that falls linearly to
 zero by the end of *that* budget reaches a lower loss than a constant rate or a schedule sized for a
 longer run (Li, Yumer & Ramanan, "Budgeted Training: Rethinking Deep Neural Network Training Under
-Resource Constraints", ICLR 2020). The budget is
-whichever limit of the Trainer stops it first: ``max_time`` (Lightning's ``Timer``), ``max_steps`` or
-``max_epochs``; the schedule follows the fraction ``p`` of it already spent.
+Resource Constraints", ICLR 2020). The budget is whichever limit of the Trainer stops it first:
+``max_time`` (Lightning's ``Timer``), ``max_steps`` or ``max_epochs``; the schedule follows the share of
+it already spent.
 """
 
 from __future__ import annotations
