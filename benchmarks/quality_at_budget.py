@@ -19,14 +19,17 @@ each seed seeds every contender the same way (``--seed_everything SEED`` / ``tor
 All use torch's default thread count (printed) and the device the configs' ``accelerator: auto`` picks.
 
 lightning-gen: ``python -m lightning_gen fit --config configs/<family>_fmnist.yaml --seed_everything SEED
---trainer.max_epochs -1 --trainer.enable_progress_bar false``, run in this process through
+--trainer.max_epochs -1 --trainer.max_time <budget> --trainer.enable_progress_bar false``, run in this process through
 ``LightningGenCLI`` (in a temporary working folder, so ``runs/`` lands there) with one extra callback
 that stops training at the first batch end after the budget. Its clock starts before the CLI parses the
 config, so the budget pays for everything the config does: parsing, data loading, the sanity check,
 every validation epoch with its evaluation callback (FID etc. on 3000 samples), pictures, checkpoints.
 (Python's imports happen once, before any clock, for every contender.)
-The budget replaces the config's epoch count (max_epochs -1); the validation Lightning runs after the
-stop changes no weight and is not counted (``wall_seconds`` in the results includes it).
+The budget replaces the config's epoch count (max_epochs -1) and is passed as ``max_time``, as a user would, so
+that a config's budget-aware callbacks (``BudgetLRDecay``) see it; Lightning's timer starts only when
+training starts, so the extra callback above, whose clock started earlier, is what ends the run. The
+validation Lightning runs after the stop changes no weight and is not counted (``wall_seconds`` in the
+results includes it).
 ``--quick`` also passes ``--trainer.limit_val_batches 0`` (no validation, so no evaluation callback).
 
 plain PyTorch, two standard settings per family; the nets are defined below in a few lines each, the data
@@ -85,7 +88,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from budget import StopAfter, batches_until, cpu_name, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
+from budget import StopAfter, batches_until, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
+from machine_info import cpu_name  # noqa: E402
 from torch import Tensor, nn
 
 import lightning_gen
@@ -130,12 +134,18 @@ class Contender:
 
 
 # --- lightning-gen: the default config through the CLI --------------------------------------------
+def max_time(seconds: float) -> str:
+    """Lightning's ``max_time`` string, DD:HH:MM:SS, for a budget rounded up to a whole second."""
+    whole = math.ceil(seconds)
+    return f"{whole // 86400:02d}:{whole // 3600 % 24:02d}:{whole // 60 % 60:02d}:{whole % 60:02d}"
+
+
 def train_default(family: str, seconds: float, seed: int, quick: bool = False,
                   overrides: tuple[str, ...] = ()) -> Trained:
     started = time.perf_counter()
     clock = StopAfter(seconds, started=started)
     args = ["fit", "--config", str(REPO / "configs" / f"{family}_fmnist.yaml"), f"--seed_everything={seed}",
-            "--trainer.max_epochs=-1", "--trainer.enable_progress_bar=false",
+            "--trainer.max_epochs=-1", f"--trainer.max_time={max_time(seconds)}", "--trainer.enable_progress_bar=false",
             *(["--trainer.limit_val_batches=0"] if quick else []), *(f"--{option}" for option in overrides)]
     # the CLI's run summary goes to stderr: stdout is this benchmark's table
     with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder), contextlib.redirect_stdout(sys.stderr), \
