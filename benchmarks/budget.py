@@ -1,11 +1,9 @@
-"""Shared by the benchmarks: wall-clock budgets and clocks for Lightning fits, the plain baseline loop,
-the machine's description."""
+"""Shared by the benchmarks: wall-clock budgets and clocks for Lightning fits, the plain baseline loop
+(the machine's description: machine_info.py)."""
 
 from __future__ import annotations
 
-import platform
 import time
-from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -65,16 +63,6 @@ def train_plain(seconds: float, loader_factory, loss_of, optimizer, started: flo
         optimizer.step()
         images += len(x)
     return images, time.perf_counter() - start
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else what ``platform`` knows)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 class WarmupClock(pl.Callback):

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from budget import cpu_name
+from machine_info import cpu_name
 from quality_at_budget import QUICK_MINUTES, QUICK_NLL_IMAGES, QUICK_SAMPLES, REPO, evaluate, train_default
 
 from lightning_gen.errors import DivergenceError

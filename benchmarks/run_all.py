@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine_info import cpu_name, gpu_names, package_version
+
 HERE = Path(__file__).resolve().parent
 # name -> (what it measures, extra arguments on a GPU)
 BENCHMARKS = {
@@ -55,16 +57,10 @@ BENCHMARKS = {
 
 
 def machine() -> list[str]:
-    import lightning
-    import torch
-    import torchmetrics
-    from budget import cpu_name
-
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    versions = ", ".join(f"{name} {package_version(name)}" for name in ("torch", "lightning", "torchmetrics"))
     return [f"- date: {time.strftime('%Y-%m-%d %H:%M')}",
-            f"- CPU: {cpu_name()}, {os.cpu_count()} cores; GPU: {gpu}",
-            f"- python {platform.python_version()}, torch {torch.__version__}, lightning {lightning.__version__}, "
-            f"torchmetrics {torchmetrics.__version__}"]
+            f"- CPU: {cpu_name()}, {os.cpu_count()} cores; GPU: {gpu_names()}",
+            f"- python {platform.python_version()}, {versions}"]
 
 
 # the benchmarks that train each contender for a wall-clock budget (their --minutes)

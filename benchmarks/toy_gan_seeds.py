@@ -2,7 +2,7 @@
 
     python benchmarks/toy_gan_seeds.py                                  # both recipes, 10 seeds each
     python benchmarks/toy_gan_seeds.py --config configs/gan_toy_ring.yaml --seeds 0 1 2
-    python benchmarks/toy_gan_seeds.py --quick                          # 2 seeds, 2 epochs: a crash check
+    python benchmarks/toy_gan_seeds.py --quick                          # 1 seed, 20 steps: a crash check
 
 A GAN trajectory is chaotic and float rounding differs between CPUs, so one seed says little about a
 recipe. Each seed trains the config through the CLI (in its own process, one thread, two at a time)
@@ -83,11 +83,12 @@ def main() -> None:
     parser.add_argument("--config", action="append", help=f"a toy GAN config (default: {', '.join(RECIPES)})")
     parser.add_argument("--seeds", type=int, nargs="+", default=list(range(10)), help="training seeds")
     parser.add_argument("--parallel", type=int, default=2, help="seeds trained at once (one thread each)")
-    parser.add_argument("--quick", action="store_true", help="2 seeds, 2 epochs: a crash check")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 20 steps: a crash check")
     parser.add_argument("overrides", nargs="*", help="extra CLI options after --, e.g. -- --data.init_args.std 0.05")
     args = parser.parse_args()
-    seeds = args.seeds[:2] if args.quick else args.seeds
-    overrides = [*args.overrides, *(["--trainer.max_epochs", "2"] if args.quick else [])]
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    quick = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "20"]
+    overrides = [*args.overrides, *(quick if args.quick else [])]
     with tempfile.TemporaryDirectory() as folder, ThreadPoolExecutor(args.parallel) as pool:
         for config in args.config or RECIPES:
             work = Path(tempfile.mkdtemp(dir=folder))

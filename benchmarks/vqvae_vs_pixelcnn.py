@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning  # noqa: E402
 import torch  # noqa: E402
-from budget import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
+from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
 from quality_at_budget import DEVICE, FEATURES, Trained, evaluate, load_average, machine, train_default  # noqa: E402
 
 import lightning_gen  # noqa: E402
