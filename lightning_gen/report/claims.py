@@ -51,12 +51,13 @@ def _samplers(model) -> tuple[str | None, ...]:
 def sampling_speeds(model, seed: int = 0, batches: tuple[int, ...] = SPEED_BATCHES) -> dict[str, float]:
     """Samples per second, ``"batch N"`` (the default sampler) and ``"batch N, <sampler> sampler"``."""
     speeds = {}
+    # one untimed call first: a first call pays one-off costs that are not a sampling rate (the VAE's lazily
+    # fitted latent mixture, ~1.6 s; the AE's code Gaussian; kernel selection). Without it the first family
+    # compared measured 196 samples/s at batch 1 against 667-749 for the same AE later. Once per model: a
+    # warm-up of the reference sampler would cost 784 full network passes, to save the one-off cost of one.
+    model.sample(1, generator=torch.Generator(device=model.device).manual_seed(seed))
     for sampler in _samplers(model):
         options = {"sampler": sampler} if sampler else {}
-        # one untimed call first: a first call pays one-off costs that are not a sampling rate (the VAE's
-        # lazily fitted latent mixture, ~1.6 s; the AE's code Gaussian; kernel selection). Without it the first
-        # family compared measured 196 samples/s at batch 1 against 667-749 for the same AE later.
-        model.sample(1, generator=torch.Generator(device=model.device).manual_seed(seed), **options)
         for batch in batches:
             generator = torch.Generator(device=model.device).manual_seed(seed)
             start = time.perf_counter()
