@@ -3,7 +3,7 @@ their learning rates times 0.5, 1 and 2, one seed each, and scored alike.
 
     python benchmarks/lr_sensitivity.py --minutes 5            # VAE and GAN, x0.5, x1, x2: 6 runs, ~40 min
     python benchmarks/lr_sensitivity.py --family gan --minutes 5 --factors 0.25 0.5 1 2 4
-    python benchmarks/lr_sensitivity.py --quick                # 2 s per run, 50 samples: a crash check
+    python benchmarks/lr_sensitivity.py --quick                # 0.5 s per run, 50 samples: a crash check
 
 "Easy to train" is partly "forgiving of the learning rate": a recipe whose FID holds over a 4x range of
 rates needs less tuning than one that fails outside a narrow band. Each run is quality_at_budget's
@@ -110,7 +110,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-samples", type=int, default=10_000, help="FID etc.: samples and test images")
     parser.add_argument("--nll-images", type=int, default=1000, help="test images for the VAE's bits/dim")
     parser.add_argument("--results", type=Path, help="JSONL file to append each run's record to")
-    parser.add_argument("--quick", action="store_true", help="2 s per run, 50 samples: a crash check")
+    parser.add_argument("--quick", action="store_true", help="0.5 s per run, 50 samples: a crash check")
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.num_samples, args.nll_images = QUICK_MINUTES, QUICK_SAMPLES, QUICK_NLL_IMAGES
