@@ -105,7 +105,8 @@ FEATURES = "fmnist_clf"
 SHAPE = (1, 28, 28)
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what the configs' accelerator auto picks
 
-# --quick: 0.5 s budgets (at least one batch); a PixelCNN sampler's cost is 784 network passes whatever the batch, so few samples
+# --quick: 0.5 s budgets (at least one batch); a PixelCNN sampler's cost is 784 network passes whatever the
+# batch, so few samples
 QUICK_MINUTES, QUICK_SAMPLES, QUICK_PIXELCNN_SAMPLES, QUICK_NLL_IMAGES = 0.5 / 60, 50, 8, 10
 
 

@@ -8,8 +8,8 @@ run folder holds (learning curves from ``metrics.csv``, the fit time from ``run.
   samples of the prior N(0, I) and of decoded midpoints (z_a + z_b) / 2 between pairs of encoded test
   images. A VAE's KL term pulls its codes towards the prior, so both stay close to its sample FID;
   an AE's codes can sit anywhere, so N(0, I) and midpoints land in holes of its latent space;
-- parameter counts (trainable), sampling speed (samples/s at batch 1 and 64, and with each sampler of a
-  model that has several), what each model can do (``report/claims.py: capabilities``), sample grids,
+- parameter counts (trainable), sampling speed (samples/s at batch 1 and 64, or ``--speed_batch``, and with
+  each sampler of a model that has several), what each model can do (``report/claims.py: capabilities``), sample grids,
   reconstructions and interpolations;
 - a summary that opens the report: each textbook claim (VAE blur, implicit vs explicit density, slow
   autoregressive sampling, VAEs easy and GANs hard to train) and whether these runs confirm it, with the
@@ -38,7 +38,7 @@ from torchvision.utils import make_grid, save_image
 from lightning_gen.callbacks.pictures import picture_grids
 from lightning_gen.checkpoints import class_path, load_run, read_checkpoint, resolve_run
 from lightning_gen.data.base import batch_images
-from lightning_gen.errors import LightningGenError
+from lightning_gen.errors import LightningGenError, check_range
 from lightning_gen.metrics.registry import (
     EvaluationSettings,
     MetricResult,
@@ -62,7 +62,7 @@ class ComparedRun:
     results: list[MetricResult] = field(default_factory=list)
     latent_holes: list[MetricResult] = field(default_factory=list)
     parameters: int = 0
-    samples_per_second: float = 0.0  # at batch 64, the default sampler
+    samples_per_second: float = 0.0  # at the speed batch (64 unless told), the default sampler
     sampling: dict[str, float] = field(default_factory=dict)  # samples/s by batch size and sampler
     capabilities: dict[str, str] = field(default_factory=dict)  # likelihood, encoder, ... (report/claims.py)
     fit_seconds: float | None = None
@@ -164,9 +164,12 @@ def compare(paths: list[str], out: str | Path = "comparison",
             num_samples: int = 2000, max_real: int | None = 2000, features: str | None = None,
             features_weights: str | None = None, seed: int = 0, batch_size: int = 250,
             latent_holes: bool = True, device: str = "cpu", progress: bool = True,
-            groups: dict[str, list[str]] | None = None) -> Path:
+            groups: dict[str, list[str]] | None = None, speed_batch: int = 64) -> Path:
     """Evaluate ``paths`` (run folders or checkpoints) alike and write the report into ``out``. ``groups``:
-    seed groups named by hand, name -> runs (evaluated too when not in ``paths``); the others form by rule."""
+    seed groups named by hand, name -> runs (evaluated too when not in ``paths``); the others form by rule.
+    ``speed_batch``: sampling speed is measured at batch 1 and at this batch (a PixelCNN's reference sampler
+    makes 784 full passes at each: a smaller batch shortens the comparison)."""
+    check_range(at_least=1, speed_batch=speed_batch)
     if len(paths) + sum(len(members) for members in (groups or {}).values()) < 1:
         raise LightningGenError("compare needs at least one run folder or checkpoint")
     wanted = parse_metric_names(metrics)
@@ -197,8 +200,8 @@ def compare(paths: list[str], out: str | Path = "comparison",
             run.latent_holes = [replace(prior, name=f"prior_{prior.name}"),
                                 replace(midpoints, name=f"midpoint_{midpoints.name}")]
         run.parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        run.sampling = sampling_speeds(model, seed)
-        run.samples_per_second = run.sampling["batch 64"]
+        run.sampling = sampling_speeds(model, seed, batches=(1, speed_batch))
+        run.samples_per_second = run.sampling[f"batch {speed_batch}"]
         run.capabilities = capabilities(model)
         run.fit_seconds = loaded.record.get("fit_seconds")
         run.curves = read_curves(run.folder)
@@ -241,6 +244,8 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_latent_holes", action="store_true", help="skip the AE/VAE prior and midpoint FIDs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--speed_batch", type=int, default=64,
+                        help="sampling speed at batch 1 and at this batch (the table's samples/s)")
     args = parser.parse_args(argv)
     if not args.runs and not args.group:
         parser.error("give at least one run folder or checkpoint (or a --group)")
@@ -249,6 +254,6 @@ def main(argv: list[str]) -> None:
         parser.error("each --group needs its own NAME")
     folder = compare(args.runs, args.out, args.metrics, args.num_samples, args.max_real or None, args.features,
                      args.features_weights, args.seed, latent_holes=not args.no_latent_holes, device=args.device,
-                     groups=groups)
+                     groups=groups, speed_batch=args.speed_batch)
     print(f"report: {folder / 'report.html'} (table: {folder / 'report.md'})")
 
