@@ -44,11 +44,11 @@ data: system
 lint:
 	$(PY) -m ruff check .
 
-# two workers on the 2-core machines CI runs on (each with one torch thread: tests/conftest.py); the 15
-# slowest tests are listed at the end, where the suite's time goes
+# two workers on the 2-core machines CI runs on (each with one torch thread: tests/conftest.py), the longest
+# modules handed out first (tests/conftest.py); the 15 slowest tests are listed at the end
 TEST_WORKERS ?= 2
 test: lint
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 # The checks that need a CUDA device (the CUDA-graph sampler, 16-mixed with its grad scaler, compiled networks
 # on the GPU); never part of `make test`, whose CI has no GPU. Fails, rather than skips, without a device.
