@@ -101,6 +101,14 @@ def test_missing_run_is_one_clear_message(tmp_path, capsys):
     assert exit_info.value.code == 2 and "does not exist" in capsys.readouterr().err
 
 
+def test_a_speed_batch_below_one_is_refused_before_any_run_is_loaded(compared, capsys):
+    root, runs, _ = compared
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(runs[0]), "--out", str(root / "no_speed"), "--speed_batch", "0"])
+    assert exit_info.value.code == 2 and "speed_batch must be at least 1, got 0" in capsys.readouterr().err
+    assert not (root / "no_speed").exists()
+
+
 def _chromium() -> str:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     assert browser, "Debian's chromium is expected (installed by `make install`)"
