@@ -62,8 +62,9 @@ def evaluate_images(fmnist, tmp_path_factory):
     settings = EvaluationSettings(metrics=["fid", "kid", "precision_recall"], num_samples=3000, split="test",
                                   max_real=3000, cache_dir=str(tmp_path_factory.mktemp("cache")), progress=False)
 
-    def run(images: torch.Tensor, metrics: tuple[str, ...] = ("fid", "kid", "precision_recall")) -> dict[str, float]:
-        results = evaluate_model(ImageBankModel(images), data, replace(settings, metrics=list(metrics)), "cpu")
+    def run(images: torch.Tensor, metrics: list[str] | None = None) -> dict[str, float]:
+        chosen = settings if metrics is None else replace(settings, metrics=metrics)
+        results = evaluate_model(ImageBankModel(images), data, chosen, "cpu")
         return {r.name.replace("_fmnist_clf", ""): r.value for r in results}
 
     return run
@@ -87,7 +88,7 @@ def test_fid_grows_monotonically_with_degradation_strength(fmnist, evaluate_imag
         versions = [gaussian_blur(x, kernel_size=9, sigma=s) for s in (0.4, 0.8, 1.6)]
     else:
         versions = [(x + s * torch.randn(x.shape, generator=generator)).clamp(0, 1) for s in (0.03, 0.1, 0.3)]
-    fids = [evaluate_images(v, metrics=("fid",))["fid"] for v in [x, *versions]]
+    fids = [evaluate_images(v, metrics=["fid"])["fid"] for v in [x, *versions]]
     assert all(a < b for a, b in zip(fids, fids[1:])), fids
 
 
