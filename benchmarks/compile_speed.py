@@ -8,14 +8,19 @@ bf16-mixed precision, fitted by the Trainer on the same data.
 Models: configs/ae_fmnist.yaml, vae_fmnist.yaml, pixelcnn_fmnist.yaml and gan_fmnist.yaml, each built from the
 config's model and data init args (Fashion-MNIST train split, the config's batch size and optimizer); every
 variant starts from the same weights. A variant is "eager" or "compiled" (the model's ``compile: true``:
-``torch.compile`` of its networks, in place), with "+bf16" for ``Trainer(precision="bf16-mixed")``.
+``torch.compile`` of its networks, in place), with "+bf16" for ``Trainer(precision="bf16-mixed")`` and, for
+the PixelCNN, "+nchw" for its network in the default NCHW memory order instead of the config's
+``channels_last: true``:
+
+    python benchmarks/compile_speed.py --models pixelcnn --variants eager+nchw eager eager+bf16+nchw eager+bf16
 
 Timing: rounds of one block per variant, the order rotating each round. A block is a fresh ``Trainer.fit``
 without validation, logger, checkpoints or progress bar; it trains ``--warmup`` untimed batches, then batches
 until ``--block_seconds`` have passed. images/s = median over the blocks of timed images / timed seconds;
-"vs eager" = that / the eager float32 variant's median. "first block warm-up s" = seconds from
-``fit`` to the end of the warm-up batches in the variant's first block: for a compiled variant it holds the
-compilation (later blocks reuse the compiled code), the price a run pays once inside its budget.
+"vs eager" = that / the median of the first of "eager", "eager+nchw", "eager+bf16" measured. "first block
+warm-up s" = seconds from ``fit`` to the end of the warm-up batches in the variant's first block: for a
+compiled variant it holds the compilation (later blocks reuse the compiled code), the price a run pays once
+inside its budget.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ def block(model, loader, variant: str, args) -> WarmupClock:
     trainer = pl.Trainer(max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, callbacks=[clock], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          accelerator="gpu" if args.device == "cuda" else "cpu", devices=1,
-                         precision="bf16-mixed" if variant.endswith("+bf16") else "32-true")
+                         precision="bf16-mixed" if "+bf16" in variant else "32-true")
     trainer.fit(model, train_dataloaders=loader)
     return clock
 
@@ -49,6 +54,11 @@ def measure(name: str, args) -> list[dict]:
     for variant in args.variants:
         models[variant] = copy.deepcopy(model)
         models[variant].compile_networks = variant.startswith("compiled")
+        if "+nchw" in variant:
+            if not hasattr(model, "memory_format"):
+                raise SystemExit(f"+nchw applies to the PixelCNN (channels_last), not to {name}")
+            models[variant].memory_format = torch.contiguous_format
+            models[variant].net.to(memory_format=torch.contiguous_format)
     loader = data.train_dataloader()
     clocks: dict[str, list[WarmupClock]] = {variant: [] for variant in args.variants}
     for round_index in range(args.rounds):
@@ -61,7 +71,7 @@ def measure(name: str, args) -> list[dict]:
     print(f"done: {name}: {', '.join(measured)}", file=sys.stderr, flush=True)
     rows = []
     for variant, done in clocks.items():
-        eager = "eager" if "eager" in rates else "eager+bf16"
+        eager = next((v for v in ("eager", "eager+nchw", "eager+bf16") if v in rates), None)
         rows.append({"model": f"{name} ({MODELS[name]})", "variant": variant, "batch": data.batch_size,
                      "rate": rates[variant], "vs_eager": rates[variant] / rates[eager] if eager in rates else None,
                      "warm_up": done[0].warm_up_seconds, "batches": statistics.median(c.seen for c in done)})
@@ -72,7 +82,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=list(MODELS))
     parser.add_argument("--variants", nargs="+", default=["eager", "compiled"],
-                        choices=["eager", "compiled", "eager+bf16", "compiled+bf16"])
+                        choices=["eager", "compiled", "eager+bf16", "compiled+bf16", "eager+nchw",
+                                 "eager+bf16+nchw"])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--block_seconds", type=float, default=5.0)

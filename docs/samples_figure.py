@@ -53,8 +53,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/images/samples.png"))
     args = parser.parse_args()
     rows = [samples_of(run, args.n, args.seed) for run in args.runs]
-    figure, axes = plt.subplots(len(rows), 1, figsize=(args.n * 0.6, len(rows) * 0.85))
-    for axis, (label, images) in zip(axes, rows):
+    figure, axes = plt.subplots(len(rows), 1, figsize=(args.n * 0.6, len(rows) * 0.85), squeeze=False)
+    for axis, (label, images) in zip(axes[:, 0], rows):
         grid = make_grid(images.clamp(0, 1), nrow=args.n, padding=2, pad_value=1.0)
         axis.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
         axis.set_title(label, fontsize=8, loc="left")

@@ -119,6 +119,24 @@ def test_pixelcnn_nll_under_bf16_autocast_agrees_with_float32_and_a_bf16_likelih
     assert control_error > 2 * TOLERANCE_BPD, float(control_error)  # the regions are what keeps the bits
 
 
+@pytest.mark.parametrize("native", [False, True], ids=["emulated", "native"])
+def test_bf16_mixed_on_a_cpu_without_bfloat16_instructions_warns_with_the_fix(native, monkeypatch, tiny_idx_dir,
+                                                                               tmp_path, recwarn):
+    from lightning_gen.data import MNISTDataModule
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model = PixelCNN(data_shape=(1, 28, 28), hidden=8, layers=1, kernel_size=3)
+    trainer = pl.Trainer(fast_dev_run=True, accelerator="cpu", precision="bf16-mixed", logger=False,
+                         enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=MNISTDataModule(data_dir=str(tiny_idx_dir), batch_size=16))
+    warned = [str(w.message) for w in recwarn if "bf16-mixed on this CPU" in str(w.message)]
+    if native:
+        assert not warned
+    else:
+        assert len(warned) == 1 and "--trainer.precision 32-true" in warned[0]
+
+
 def test_the_discretised_logistic_mean_image_under_bf16_autocast():
     """``decode``'s mean sums 255 survival probabilities: accumulated in bfloat16 (step 1 or 2 near 255/2)
     it drifts by levels, in float32 it is off by the rounding of the decoder's output only."""

@@ -64,9 +64,16 @@ class CategoricalPixels(PixelDistribution):
     @float32_region
     def log_prob(self, params: Tensor, x: Tensor) -> Tensor:
         n, _, height, width = params.shape
+        levels = to_uint8_levels(x)
+        if params.is_contiguous(memory_format=torch.channels_last) and not params.is_contiguous():
+            # NHWC memory (a ``channels_last`` network): each pixel's 256 logits are adjacent, so the softmax
+            # runs along memory instead of 784 floats apart (the NCHW view would copy all 256 H W N logits)
+            logits = params.permute(0, 2, 3, 1).view(n, height, width, self.channels, NUM_LEVELS)
+            chosen = F.log_softmax(logits, dim=4).gather(4, levels.permute(0, 2, 3, 1).unsqueeze(4))
+            return chosen.flatten(1).sum(1)
         logits = params.view(n, self.channels, NUM_LEVELS, height, width)
         log_probs = F.log_softmax(logits, dim=2)
-        chosen = log_probs.gather(2, to_uint8_levels(x).unsqueeze(2)).squeeze(2)  # (N, C, H, W)
+        chosen = log_probs.gather(2, levels.unsqueeze(2)).squeeze(2)  # (N, C, H, W)
         return chosen.flatten(1).sum(1)
 
     @float32_region

@@ -60,6 +60,17 @@ def compile_unavailable_reason(device: torch.device) -> str | None:
     return None
 
 
+def emulated_bfloat16_reason(precision: str, device: torch.device) -> str | None:
+    """Why ``bf16-mixed`` would likely train slower than 32-bit here: a CPU without bfloat16 instructions
+    (oneDNN then converts every operand in software). None on other devices and on CPUs that have them."""
+    if not str(precision).startswith("bf16") or device.type != "cpu":
+        return None
+    has = lambda name: bool(getattr(torch.cpu, name, lambda: False)())  # noqa: E731 (private, x86 only)
+    if has("_is_avx512_bf16_supported") or has("_is_amx_tile_supported"):
+        return None
+    return "this CPU reports neither avx512_bf16 nor AMX instructions"
+
+
 def nats_to_bits_per_dim(nats_per_image: Tensor, num_dims: int) -> Tensor:
     """bits/dim = nats / (D ln 2), where D is the number of sub-pixels of one image."""
     return nats_per_image / (num_dims * math.log(2))
@@ -93,6 +104,12 @@ class GenerativeModule(pl.LightningModule):
         other batches' values, and ``self.log`` costs ~0.5 ms per value on a CPU (measured with one
         thread: 5 values took 2.9 ms a step; the default VAE's whole step takes ~50 ms)."""
         return self._trainer is None or self.trainer._logger_connector.should_update_logs
+
+    def on_fit_start(self) -> None:
+        reason = emulated_bfloat16_reason(self.trainer.precision, self.device)
+        if reason is not None:
+            rank_zero_warn(f"precision {self.trainer.precision} on this CPU is likely slower than 32-bit ({reason}); "
+                           "pass --trainer.precision 32-true")
 
     # --- compiled networks (``compile: true``) -----------------------------------------------------
     compile_networks: bool = False  # set from each model's ``compile`` argument
