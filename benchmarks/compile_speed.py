@@ -55,10 +55,9 @@ def measure(name: str, args) -> list[dict]:
         models[variant] = copy.deepcopy(model)
         models[variant].compile_networks = variant.startswith("compiled")
         if "+nchw" in variant:
-            if not hasattr(model, "memory_format"):
+            if not hasattr(model, "use_channels_last"):
                 raise SystemExit(f"+nchw applies to the PixelCNN (channels_last), not to {name}")
-            models[variant].memory_format = torch.contiguous_format
-            models[variant].net.to(memory_format=torch.contiguous_format)
+            models[variant].use_channels_last(False)
     loader = data.train_dataloader()
     clocks: dict[str, list[WarmupClock]] = {variant: [] for variant in args.variants}
     for round_index in range(args.rounds):

@@ -153,11 +153,15 @@ class PixelCNN(GenerativeModule):
         self.net = GatedPixelCNN(self.data_shape, self.distribution.params_per_pixel, self.distribution.groups,
                                  hidden, layers, kernel_size, num_classes, first_kernel_size,
                                  dilations)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net.to(memory_format=self.memory_format)
+        self.use_channels_last(channels_last)
         self.num_classes, self.sampler = num_classes, sampler
         self.optimizer_factory = optimizer
         self.compile_networks = compile
+
+    def use_channels_last(self, enabled: bool) -> None:
+        """Put the network's weights in NHWC (``enabled``) or NCHW memory; inputs follow in the likelihood."""
+        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
 
     def configure_optimizers(self):
         return self.optimizer_factory(self.parameters())
