@@ -115,13 +115,17 @@ def test_a_partial_file_left_by_a_kill_is_removed_by_the_next_save_in_its_folder
 
 @pytest.mark.parametrize("signal_number", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "ctrl-c"])
 def test_sigterm_and_ctrl_c_save_a_checkpoint_of_the_current_step_then_resume(tmp_path, signal_number):
-    process = fit(tmp_path, "--trainer.max_epochs", "1000", wait=False)
+    # a second checkpoint callback saves at step 7 into probe/: the signal goes once training is in its second
+    # epoch, whatever the machine's speed (the run's own last.ckpt holds step 6, the end of epoch 0)
+    probe = tmp_path / "probe"
+    process = fit(tmp_path, "--trainer.max_epochs", "1000", "--trainer.callbacks+=ModelCheckpoint",
+                  "--trainer.callbacks.dirpath", str(probe), "--trainer.callbacks.every_n_train_steps",
+                  str(STEPS_PER_EPOCH + 1), wait=False)
     checkpoints = version_folder(tmp_path, 0) / "checkpoints"
-    deadline = time.time() + 300
-    while not (checkpoints / "last.ckpt").is_file() and time.time() < deadline and process.poll() is None:
+    deadline = time.monotonic() + 600  # a hung run, not a slow machine: the condition is the step
+    while not list(probe.glob("*.ckpt")) and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
-    time.sleep(1.5)  # into the second epoch
-    sent_at = time.time()
+    assert list(probe.glob("*.ckpt")), process.stderr.read()[-3000:] if process.poll() is not None else "no step 7"
     process.send_signal(signal_number)
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 128 + signal_number, stderr[-3000:]
@@ -130,8 +134,8 @@ def test_sigterm_and_ctrl_c_save_a_checkpoint_of_the_current_step_then_resume(tm
     message = stderr.strip().splitlines()[-1]
     relative = str(Path("runs/vae_fmnist/version_0/checkpoints/last.ckpt"))
     assert f"stopped by {signal.Signals(signal_number).name}" in message and relative in message
+    # saved on the signal, which came after step 7: the state the message names, past the first epoch
     assert f"global step {last['global_step']};" in message
-    assert (checkpoints / "last.ckpt").stat().st_mtime >= sent_at  # saved on the signal, not before it
     assert last["global_step"] > STEPS_PER_EPOCH
     epochs = last["epoch"] + 1
     result = fit(tmp_path, "--ckpt_path", "last", "--trainer.max_epochs", str(epochs))
