@@ -8,7 +8,7 @@ CONFIG ?= configs/vae_fmnist.yaml
 .PHONY: install data system lint test test-gpu run compare bench bench-quick clean help
 
 help:
-	@echo "make install  - create $(VENV), install $(TORCH_PAIR), lightning-gen[dev], Fashion-MNIST (apt)"
+	@echo "make install  - create $(VENV), install $(TORCH_PAIR), lightning-gen[dev], Fashion-MNIST (apt); make run and make test do it first when needed"
 	@echo "make lint     - ruff: style, pyflakes, import order"
 	@echo "make test     - lint, then the test suite (no network, no GPU)"
 	@echo "make test-gpu - the GPU checks in gpu_tests/ (needs a CUDA device)"
@@ -22,6 +22,16 @@ install:
 	$(PY) -m pip install --quiet $(TORCH_PAIR)
 	$(PY) -m pip install --quiet -e ".[dev]" $(TORCH_PAIR)
 	$(MAKE) system
+	echo "$(TORCH_PAIR)" > $(STAMP)
+
+# `make run` and `make test` install first when the environment is missing or stale: the stamp records the
+# pinned pair it was built with and is older than pyproject.toml when the dependencies changed since
+STAMP := $(VENV)/.lightning-gen-installed
+ifneq ($(shell cat $(STAMP) 2>/dev/null),$(TORCH_PAIR))
+.PHONY: $(STAMP)
+endif
+$(STAMP): pyproject.toml
+	$(MAKE) install
 
 # Debian packages: the real Fashion-MNIST IDX files (the DataModule reads them from
 # /usr/share/datasets/fashion-mnist by default) and chromium (the test that opens compare's HTML report).
@@ -41,7 +51,7 @@ system:
 data: system
 
 # ruff (pycodestyle, pyflakes, import order; settings in pyproject.toml); `make test` runs it first
-lint:
+lint: $(STAMP)
 	$(PY) -m ruff check .
 
 # two workers on the 2-core machines CI runs on (each with one torch thread: tests/conftest.py), the longest
@@ -55,7 +65,7 @@ test: lint
 test-gpu:
 	$(PY) -m pytest -q gpu_tests
 
-run:
+run: $(STAMP)
 	$(PY) -m lightning_gen fit --config $(CONFIG) --test_after_fit true
 
 # Small runs of every family on the full Fashion-MNIST (the same real images for every metric), then the
