@@ -48,6 +48,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     its data and loads its weights from a single read. Treat the dict as read-only."""
     global _last_read
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the path of a .ckpt file"
+                              + _checkpoints_inside(path))
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; "
                               "pass the path of a .ckpt file from a run's checkpoints/ folder")
@@ -58,6 +61,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     checkpoint = _load_checked(path)
     _last_read = (identity, checkpoint)
     return checkpoint
+
+
+def _checkpoints_inside(folder: Path, shown: int = 3) -> str:
+    """``, e.g. A or B`` naming the newest ``last.ckpt`` files under ``folder`` (a run folder or runs/), or
+    where checkpoints live when there are none."""
+    found = sorted(folder.glob("**/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    if not found:
+        return " from a run's checkpoints/ folder (runs/<name>/version_<n>/checkpoints/last.ckpt)"
+    return ", e.g. " + " or ".join(str(p) for p in found[:shown])
 
 
 def _load_checked(path: Path) -> dict[str, Any]:

@@ -116,6 +116,8 @@ def _cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
                                                ["lightning_gen.models.autoencoder.VAE", "AE"]),
         "checkpoint that does not exist": (["sample", "--ckpt_path", str(inputs / "gone.ckpt")],
                                            ["gone.ckpt", "does not exist"]),
+        "run folder given as a checkpoint": (["sample", "--ckpt_path", str(root / "runs")],
+                                             ["runs is a folder, not a file", vae]),
         "text file named .ckpt": (["evaluate", "--ckpt_path", str(inputs / "notes.ckpt")],
                                   ["notes.ckpt", "cannot be read"]),
         "truncated checkpoint": (["fit", "--config", VAE_CONFIG, "--ckpt_path", str(inputs / "truncated.ckpt")],
