@@ -177,3 +177,44 @@ def silence_tips() -> None:
     # switch for the tips, and every other message of theirs stays
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_NO_TIPS)
+
+
+class HeldStartupLines:
+    """Lightning's start-up lines ("GPU available: ...", "Seed set to 0") held back until the command's own
+    checks have passed, then written in their order: a command refused for bad input prints its one error
+    line, not a banner of a run that never starts. Holds what Lightning's loggers would write through their
+    own handlers (the launcher's case: no handler on the root logger)."""
+
+    LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+    def __init__(self) -> None:
+        self._records: list[logging.LogRecord] = []
+        self._handlers: dict[str, list[logging.Handler]] | None = None
+
+    def hold(self) -> None:
+        self._handlers = {name: logging.getLogger(name).handlers[:] for name in self.LOGGERS}
+        for name, handlers in self._handlers.items():
+            if handlers:
+                logging.getLogger(name).handlers = [_Keep(self._records)]
+
+    def release(self, write: bool = True) -> None:
+        """Give the loggers their handlers back and, unless the command failed (``write=False``), write the
+        lines held so far."""
+        if self._handlers is None:
+            return
+        for name, handlers in self._handlers.items():
+            logging.getLogger(name).handlers = handlers
+        self._handlers = None
+        records, self._records = self._records, []
+        for record in records if write else ():
+            logging.getLogger(record.name).handle(record)
+
+
+class _Keep(logging.Handler):
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__()
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+

@@ -16,7 +16,7 @@ from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lightning_gen.boundary import build_optimizers_once, rejected_options, silence_tips
+from lightning_gen.boundary import HeldStartupLines, build_optimizers_once, rejected_options, silence_tips
 from lightning_gen.callbacks.save_config import SaveConfigToLoggers
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import check_model_class, import_class, model_hyperparameters, read_checkpoint
@@ -38,6 +38,16 @@ class LightningGenCLI(LightningCLI):
         command_line = sys.argv[1:] if args is None else args
         self._command_line = [str(arg) for arg in command_line] if isinstance(command_line, (list, tuple)) else []
         silence_tips()
+        self._startup_lines = HeldStartupLines()  # written once the command's boundary checks pass
+        self._startup_lines.hold()
+        try:
+            self._build_and_run(args, run, kwargs)
+        except BaseException:
+            self._startup_lines.release(write=False)
+            raise
+        self._startup_lines.release()
+
+    def _build_and_run(self, args, run: bool, kwargs: dict) -> None:
         super().__init__(
             model_class=GenerativeModule,
             subclass_mode_model=True,
@@ -140,6 +150,8 @@ class LightningGenCLI(LightningCLI):
             with rejected_options(self._subcommand_config(), "data", self._command_line):
                 self.datamodule.prepare_data()
                 self.datamodule.setup(stage)
+        if stage != "fit":  # fit has more checks (before_fit)
+            self._startup_lines.release()
 
     def before_validate(self) -> None:
         self._read_data_first("validate")
@@ -158,6 +170,13 @@ class LightningGenCLI(LightningCLI):
             raise RunFolderError(f"{earlier_config} exists: the run folder holds an earlier run (without a CSV or "
                                  "TensorBoard logger every run uses the same folder). Pass another "
                                  "--trainer.default_root_dir, or keep a logger: it gives each run a version folder.")
+        self._startup_lines.release()
+
+    def before_evaluate(self) -> None:
+        self._startup_lines.release()
+
+    def before_sample(self) -> None:
+        self._startup_lines.release()
 
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit"):

@@ -239,6 +239,22 @@ def test_an_error_is_the_error_without_advertisements(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_error_after_the_trainer_is_built_comes_without_lightnings_start_up_lines(tmp_path):
+    """A data folder is checked after the Trainer exists, whose start-up lines ("GPU available: ...") would
+    come first; they are held back until the checks pass, then written (the control: a run that starts)."""
+    command = [sys.executable, "-m", "lightning_gen", "fit", "--config", VAE_CONFIG, "--trainer.logger", "false",
+               "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false", "--data.init_args.subset", "64",
+               "--trainer.fast_dev_run", "true", "--trainer.enable_progress_bar", "false"]
+    refused = subprocess.run([*command, "--data.init_args.data_dir", str(tmp_path / "no_data")], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "no_data" in refused.stderr
+    assert "GPU available" not in refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines()[0].startswith("lightning-gen: error:")
+    started = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert "GPU available" in started.stdout + started.stderr
+
+
 OUT_OF_RANGE = [  # (class, arguments, the message): sizes, counts, weights, fractions of our own classes
     (VAE, {"latent_dim": 0}, "latent_dim must be at least 1, got 0"),
     (AE, {"channels": -4}, "channels must be at least 1, got -4"),
