@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint, Timer
+from lightning.pytorch.callbacks import ModelCheckpoint, Timer, TQDMProgressBar
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torchvision.utils import save_image
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from lightning_gen.boundary import check_output_folder
 from lightning_gen.callbacks.checkpoint import keep_last_checkpoint_current
-from lightning_gen.callbacks.progress import progress_enabled
+from lightning_gen.callbacks.progress import LogFileProgressBar, progress_enabled
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
@@ -124,6 +125,9 @@ class LightningGenTrainer(Trainer):
         if not any(isinstance(callback, Timer) for callback in self.callbacks):
             self.callbacks.append(Timer())  # no limit: it keeps the training time in checkpoints, for run.json
         keep_last_checkpoint_current(self.callbacks)
+        if not sys.stdout.isatty():  # a log file: Lightning's default bar would write a frame per batch
+            self.callbacks[:] = [LogFileProgressBar() if type(callback) is TQDMProgressBar else callback
+                                 for callback in self.callbacks]
         self._metrics_of_last_fit: dict[str, float] = {}
 
     def fit(self, model, train_dataloaders=None, val_dataloaders=None, datamodule=None, ckpt_path=None,

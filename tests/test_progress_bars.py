@@ -4,6 +4,7 @@ bar, never inside a Rich progress bar's live display."""
 
 from __future__ import annotations
 
+import io
 from types import SimpleNamespace
 
 import lightning.pytorch as pl
@@ -13,11 +14,13 @@ from conftest import CONFIGS
 from contract import QUICK_RUN, one_torch_thread
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 
 import lightning_gen.callbacks.evaluation as evaluation
 from lightning_gen.callbacks import EvaluationCallback
-from lightning_gen.callbacks.progress import inner_progress_enabled, progress_enabled
+from lightning_gen.callbacks.progress import LogFileProgressBar, inner_progress_enabled, progress_enabled
 from lightning_gen.cli import main
+from lightning_gen.trainer import LightningGenTrainer
 
 BAR = ("%|", "it/s", "s/it")  # what every tqdm line holds: the bar's edge and the rate
 
@@ -120,3 +123,39 @@ def test_evaluation_during_fit_draws_bars_only_under_the_tqdm_bar(bar, shown, mo
     with pytest.raises(Asked):
         callback._evaluate(trainer, SimpleNamespace(device="cpu"), "val", callback.settings)
     assert asked == [shown]
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("every, frames", [(10.0, 10), (0.0, 100)], ids=["throttled", "control: every batch"])
+def test_lightnings_bar_into_a_log_file_redraws_at_most_once_every_few_seconds(every, frames):
+    """100 batches a second apart, each followed by Lightning's explicit redraw: a frame every 10 s of the
+    fake clock (plus the closing one), against one per batch without the throttle."""
+    bar_callback = LogFileProgressBar(every_seconds=every)
+    clock = _FakeClock()
+    out = io.StringIO()
+    bar = bar_callback._throttled(Tqdm(total=100, file=out, mininterval=0))
+    bar._time = clock
+    for _ in range(100):
+        clock.now += 1.0
+        bar.n += 1
+        bar.refresh()
+    bar.close()
+    drawn = out.getvalue().count("\r") - 1  # less the closing frame
+    assert frames <= drawn <= frames + 1
+
+
+def test_the_trainer_uses_the_throttled_bar_when_output_is_not_a_terminal(monkeypatch):
+    def output(terminal: bool) -> SimpleNamespace:
+        return SimpleNamespace(isatty=lambda: terminal, write=len, flush=lambda: None)
+
+    monkeypatch.setattr("sys.stdout", output(terminal=False))
+    assert type(LightningGenTrainer(logger=False).progress_bar_callback) is LogFileProgressBar
+    monkeypatch.setattr("sys.stdout", output(terminal=True))
+    assert type(LightningGenTrainer(logger=False).progress_bar_callback) is not LogFileProgressBar
