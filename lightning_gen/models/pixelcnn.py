@@ -123,6 +123,8 @@ class PixelCNN(GenerativeModule):
             measurable change under ``bf16-mixed`` (benchmarks/README.md).
     """
 
+    speed_samplers = ("reference",)  # compare measures it beside the default: the cost caching saves
+
     def __init__(
         self,
         data_shape: tuple[int, int, int] = (1, 28, 28),

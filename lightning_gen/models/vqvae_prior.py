@@ -70,6 +70,8 @@ class VQVAEPrior(GenerativeModule):
         vqvae_file, vqvae_sha256: where the VQ-VAE came from (set by ``setup``; provenance).
     """
 
+    speed_samplers = ("reference",)  # compare measures it beside the default: the cost caching saves
+
     def __init__(
         self,
         data_shape: tuple[int, int, int] | None = None,

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 
 import torch
@@ -41,10 +40,9 @@ def capabilities(model) -> dict[str, str]:
 
 
 def _samplers(model) -> tuple[str | None, ...]:
-    """The samplers a model's ``sample`` can be told to use (None: its only or default one)."""
-    if "sampler" not in inspect.signature(model.sample).parameters:
-        return (None,)
-    return (None, "reference")  # the default (the PixelCNN's cached sampler) and the one full pass per pixel
+    """The samplers whose speed is measured: the default (None) and those a model names in its
+    ``speed_samplers`` (the PixelCNN's per-pixel "reference" sampler beside its cached one)."""
+    return (None, *getattr(model, "speed_samplers", ()))
 
 
 @torch.no_grad()
