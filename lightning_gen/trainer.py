@@ -40,6 +40,7 @@ from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import AtomicCheckpointIO, check_model_class, read_checkpoint
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import DivergenceError, LightningGenError, check_range
+from lightning_gen.metrics.finite import check_finite_samples
 from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
     EvaluationSettings,
@@ -298,6 +299,8 @@ class LightningGenTrainer(Trainer):
                 batches.append(model.sample(n, generator=generator, **stepwise).cpu())
                 bar.update(n)
         samples = torch.cat(batches)
+        check_finite_samples(samples, f"sample --ckpt_path {ckpt_path}", fix="no file was written: the model "
+                             "diverged or its sampler overflowed; sample an earlier checkpoint")
         folder = Path(out)
         folder.mkdir(parents=True, exist_ok=True)
         if samples.dim() == 4:

@@ -19,14 +19,17 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.aggregation import MeanMetric
-from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
 from lightning_gen.data.base import batch_images
 from lightning_gen.data.toy import mixture_means
 from lightning_gen.errors import LightningGenError
-from lightning_gen.metrics.features import build_feature_extractor, default_features
+from lightning_gen.metrics.density_coverage import DensityCoverage
+from lightning_gen.metrics.features import FeatureExtractor, build_feature_extractor, default_features
+from lightning_gen.metrics.finite import count_nonfinite, raise_if_nonfinite
+from lightning_gen.metrics.frechet import BOOTSTRAP_DRAWS, FIDInfinity, GuardedFrechetInceptionDistance
+from lightning_gen.metrics.memorisation import Memorisation
 from lightning_gen.metrics.mode_coverage import coverage_from_counts, high_quality_counts
 from lightning_gen.metrics.precision_recall import PrecisionRecall
 from lightning_gen.metrics.real_features import cached_real_features
@@ -102,22 +105,38 @@ class EvaluationRun:
         self.rank, self.world = rank_and_world()
 
     @cached_property
-    def features(self) -> SampleFeatures:
-        model, settings, device, rank, world = self.model, self.settings, self.device, self.rank, self.world
-        extractor = build_feature_extractor(settings.features or default_features(model.data_shape),
-                                            settings.features_weights, device)
-        # Real features: process 0 computes (or reads from the cache) and broadcasts them; each process then
-        # feeds a contiguous share, so every metric state is filled on every process (an empty list state
-        # is skipped by torchmetrics' sync and would desynchronise the processes).
-        if rank == 0:
-            real, key, _ = cached_real_features(self.datamodule, settings.split, extractor, settings.max_real,
-                                                settings.cache_dir, device, settings.progress)
+    def extractor(self) -> FeatureExtractor:
+        settings = self.settings
+        return build_feature_extractor(settings.features or default_features(self.model.data_shape),
+                                       settings.features_weights, self.device)
+
+    def _real_features(self, split: str) -> tuple[Tensor, dict]:
+        """All real features of ``split`` (up to ``max_real``) on every process, and their cache key: process
+        0 computes (or reads from the cache) and broadcasts them."""
+        settings = self.settings
+        if self.rank == 0:
+            real, key, _ = cached_real_features(self.datamodule, split, self.extractor, settings.max_real,
+                                                settings.cache_dir, self.device, settings.progress)
             payload = [real.cpu(), key]
         else:
             payload = [None, None]
-        if world > 1:
+        if self.world > 1:
             dist.broadcast_object_list(payload, src=0)
-        real, key = payload
+        return payload[0], payload[1]
+
+    @cached_property
+    def train_features(self) -> tuple[Tensor, dict]:
+        """Features of up to ``max_real`` training images (all of them on every process, float64) and what
+        chose them: the memorisation check's reference."""
+        real, key = self._real_features("train")
+        return real.to(self.device, torch.float64), key
+
+    @cached_property
+    def features(self) -> SampleFeatures:
+        settings, device, rank, world, extractor = self.settings, self.device, self.rank, self.world, self.extractor
+        # Each process feeds a contiguous share of the real features, so every metric state is filled on every
+        # process (an empty list state is skipped by torchmetrics' sync and would desynchronise the processes).
+        real, key = self._real_features(settings.split)
         start = sum(samples_per_rank(len(real), r, world) for r in range(rank))
         share = real[start : start + samples_per_rank(len(real), rank, world)]
 
@@ -143,17 +162,31 @@ class EvaluationRun:
                               torch.cat(fake), len(real), protocol)
 
     def _draw_samples(self, consume, description: str) -> None:
-        """This process's share of ``num_samples`` samples, batch by batch, to ``consume(images)``."""
+        """This process's share of ``num_samples`` samples, batch by batch, to ``consume(images)``. A batch
+        with a NaN or inf stops the drawing before it is consumed; then every process raises
+        ``NonFiniteSamplesError`` (the counts are summed over processes, so none is left waiting)."""
         settings, rank = self.settings, self.rank
         # a generator per rank: every process draws different samples, reproducibly from the seed
         generator = torch.Generator(device=self.device).manual_seed(settings.seed * 1000 + rank)
         todo = samples_per_rank(settings.num_samples, rank, self.world)
+        bad_values = bad_samples = drawn = 0
         with tqdm(total=todo, desc=description, disable=not settings.progress or rank, leave=False) as bar:
             while todo > 0:
                 n = min(settings.batch_size, todo)
-                consume(self.model.sample(n, generator=generator))
+                images = self.model.sample(n, generator=generator)
+                drawn += n
+                bad_values, bad_samples = count_nonfinite(images)
+                if bad_values:
+                    break
+                consume(images)
                 todo -= n
                 bar.update(n)
+        counts = torch.tensor([bad_values, bad_samples, drawn], device=self.device)
+        if self.world > 1:
+            dist.all_reduce(counts)
+        bad_values, bad_samples, drawn = counts.tolist()
+        raise_if_nonfinite(bad_values, bad_samples, drawn,
+                           f"samples of {type(self.model).__name__} (seed {settings.seed})")
 
     @cached_property
     def sample_spectrum(self) -> PowerSpectrum:
@@ -235,7 +268,7 @@ class EvaluationRun:
 
 def compute_fid(run: EvaluationRun) -> list[MetricResult]:
     features = run.features
-    fid = features.fill(FrechetInceptionDistance(feature=_GivenFeatures(features.dim)))  # float64 sums
+    fid = features.fill(GuardedFrechetInceptionDistance(feature=_GivenFeatures(features.dim)))  # float64 sums
     return [MetricResult(f"fid_{features.name}", float(fid.compute()), features.protocol)]
 
 
@@ -307,3 +340,31 @@ def compute_sharpness(run: EvaluationRun) -> list[MetricResult]:
                 "real_spectrum": [round(float(v), 6) for v in real.radial()],
                 "sample_spectrum": [round(float(v), 6) for v in samples.radial()]}
     return [MetricResult("hf_energy_ratio", high_frequency_ratio(samples, real), protocol)]
+
+
+def compute_density_coverage(run: EvaluationRun) -> list[MetricResult]:
+    features, k = run.features, run.settings.pr_k
+    density, coverage = features.fill(DensityCoverage(k=k)).compute()
+    protocol = {**features.protocol, "k": k}
+    return [MetricResult(f"density_{features.name}", density, protocol),
+            MetricResult(f"coverage_{features.name}", coverage, protocol)]
+
+
+def compute_memorisation(run: EvaluationRun) -> list[MetricResult]:
+    if run.settings.split == "train":
+        raise MetricError("memorisation compares samples with the training images and needs held-out real images "
+                          "as the yardstick: evaluate against split val or test, not train")
+    features, (train, train_key) = run.features, run.train_features
+    found = features.fill(Memorisation(train)).compute()
+    protocol = {**features.protocol, "num_train": len(train), "train_selection": train_key["args"],
+                "percentile": 1.0, "threshold": found.threshold, "closest_pairs": found.closest_pairs}
+    return [MetricResult(f"memorised_share_{features.name}", found.share, protocol)]
+
+
+def compute_fid_infinity(run: EvaluationRun) -> list[MetricResult]:
+    features = run.features
+    fit = features.fill(FIDInfinity(seed=run.settings.seed)).compute()
+    protocol = {**features.protocol, "estimator": "least squares FID_N = a + b / N, a reported",
+                "fid_at_n": [[size, round(fid, 6)] for size, fid in zip(fit.sizes, fit.fids)],
+                "fid_slope": fit.slope, "fid_std": fit.fid_std, "bootstrap_draws": BOOTSTRAP_DRAWS}
+    return [MetricResult(f"fid_infinity_{features.name}", fit.intercept, protocol)]

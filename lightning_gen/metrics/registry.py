@@ -24,9 +24,12 @@ from lightning_gen.metrics.compute import (
     EvaluationRun,
     MetricError,
     MetricResult,
+    compute_density_coverage,
     compute_elbo,
     compute_fid,
+    compute_fid_infinity,
     compute_kid,
+    compute_memorisation,
     compute_mode_coverage,
     compute_nll_bpd,
     compute_precision_recall,
@@ -36,6 +39,7 @@ from lightning_gen.metrics.compute import (
     rank_and_world,
     samples_per_rank,  # noqa: F401  (re-exported for callers of the registry)
 )
+from lightning_gen.metrics.features import build_feature_extractor, default_features
 from lightning_gen.models.base import has_surface
 
 
@@ -77,13 +81,20 @@ class MetricSpec:
     # metrics averaged over the real split: the value per image, computed in the split pass the run shares
     per_image: Callable[[EvaluationRun, Tensor, torch.Generator], Tensor] | None = None
     on_dashboard: bool = False  # shown by default on the W&B dashboard of the model families
+    default: bool = True  # a features metric computed when none are named (SAMPLE_METRICS); False: on request
 
     def result_names(self, features: str) -> tuple[str, ...]:
         return tuple(template.format(features=features) for template in self.results)
 
     def produces(self, result_name: str) -> bool:
         """Whether ``result_name`` (no stage, no prefix) is one of this metric's results."""
-        return any(_fits(template, result_name) for template in self.results)
+        return self.fixed_characters(result_name) >= 0
+
+    def fixed_characters(self, result_name: str) -> int:
+        """How many characters of ``result_name`` the best-fitting result template spells out (-1: none fits):
+        ``fid_infinity_x`` fits both ``fid_{features}`` and ``fid_infinity_{features}``; the longer wins."""
+        return max((len(t) - len("{features}") * ("{features}" in t) for t in self.results if _fits(t, result_name)),
+                   default=-1)
 
 
 def _fits(template: str, name: str) -> bool:
@@ -104,6 +115,16 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
     MetricSpec("precision_recall", ("precision_{features}", "recall_{features}"), "sample", "images",
                "share of samples on the real manifold, of real images on the sample manifold (k-NN balls)",
                "higher", compute_precision_recall, features=True, on_dashboard=True),
+    MetricSpec("density_coverage", ("density_{features}", "coverage_{features}"), "sample", "images",
+               "samples per real k-NN ball over k (1 for real images, may exceed 1); share of real balls holding "
+               "a sample", "higher", compute_density_coverage, features=True, default=False),
+    MetricSpec("memorisation", ("memorised_share_{features}",), "sample", "images",
+               "share of samples nearer a training image than 99% of held-out images are", "lower",
+               compute_memorisation, features=True, model_specific=frozenset({"closest_pairs"}), default=False),
+    MetricSpec("fid_infinity", ("fid_infinity_{features}",), "sample", "images",
+               "FID extrapolated to infinitely many samples (intercept of FID_N = a + b / N)", "lower",
+               compute_fid_infinity, features=True, default=False,
+               model_specific=frozenset({"fid_at_n", "fid_slope", "fid_std"})),
     MetricSpec("nll_bpd", ("nll_bpd",), "log_likelihood", "images", "bits per dimension", "lower", compute_nll_bpd,
                model_specific=_ESTIMATOR | {"nll_nats_per_image"}, per_image=nll_per_image, on_dashboard=True),
     MetricSpec("elbo", ("elbo",), "elbo_terms", "images", "nats per image", "higher", compute_elbo,
@@ -115,8 +136,9 @@ METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
                "modes covered (count), share of samples within 3 std of a mode", "higher", compute_mode_coverage),
 )}
 METRIC_NAMES = tuple(METRICS)
-# scored from samples alone, in image features: the callback's default and `evaluate --samples`'s choice
-SAMPLE_METRICS = tuple(name for name, spec in METRICS.items() if spec.features)
+# scored from samples alone, in image features, unless asked otherwise: the callback's, `evaluate`'s and
+# `evaluate --samples`'s default (fid, kid, precision_recall)
+SAMPLE_METRICS = tuple(name for name, spec in METRICS.items() if spec.features and spec.default)
 # everything that images alone can be scored on (`evaluate --samples`)
 IMAGE_SAMPLE_METRICS = tuple(name for name, spec in METRICS.items() if spec.needs == "sample" and spec.data == "images")
 
@@ -136,9 +158,9 @@ def spec_of(result_name: str) -> MetricSpec | None:
     words = result_name.rpartition("/")[2].split("_")
     for start in range(len(words)):  # the whole name first, then without its leading words
         name = "_".join(words[start:])
-        for spec in METRICS.values():
-            if spec.produces(name):
-                return spec
+        best = max(METRICS.values(), key=lambda spec: spec.fixed_characters(name))
+        if best.produces(name):
+            return best
     return None
 
 
@@ -181,6 +203,18 @@ def check_model_supports(model: nn.Module, metrics: Sequence[str]) -> None:
             f"is defined only implicitly (a GAN) or only bounded (see `elbo`), so there is no such number to "
             f"report; remove {name} from the metrics"
         )
+
+
+def result_names(model, settings: EvaluationSettings, device: torch.device | str | None = None) -> list[str]:
+    """The names ``evaluate_model(model, ..., settings)`` returns results under, in the table's order (the
+    feature extractor, built once per device, names the features)."""
+    specs = [spec for name, spec in METRICS.items() if name in parse_metric_names(settings.metrics)]
+    features = ""
+    if any(spec.features for spec in specs):
+        device = device if device is not None else next(model.parameters()).device
+        features = build_feature_extractor(settings.features or default_features(model.data_shape),
+                                           settings.features_weights, device).name
+    return [name for spec in specs for name in spec.result_names(features)]
 
 
 def evaluate_model(model, datamodule, settings: EvaluationSettings,

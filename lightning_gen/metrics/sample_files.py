@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from lightning_gen.checkpoints import import_class
 from lightning_gen.data.pixels import from_uint8_levels
 from lightning_gen.errors import ConfigValueError, LightningGenError
+from lightning_gen.metrics.finite import check_finite_samples
 from lightning_gen.metrics.registry import (
     IMAGE_SAMPLE_METRICS,
     SAMPLE_METRICS,
@@ -92,11 +93,15 @@ def _checked(array: np.ndarray, name: str) -> Tensor:
         return from_uint8_levels(torch.from_numpy(array))
     if not np.issubdtype(array.dtype, np.floating):
         raise SamplesFileError(f"--samples {name}: images are {array.dtype}; give uint8 levels or floats in [0, 1]")
+    images = torch.from_numpy(array)
+    # NaN passes the range test below (every comparison with it is false), then crashes FID's linear algebra
+    check_finite_samples(images, f"--samples {name}", fix="refused before any statistics: the model that wrote "
+                         "them diverged or its sampler overflowed; regenerate them (from an earlier checkpoint)")
     low, high = float(array.min()), float(array.max())
     if low < 0 or high > 1:
         raise SamplesFileError(f"--samples {name}: float images must lie in [0, 1], these span [{low:g}, {high:g}]"
                                + ("; divide 0..255 levels by 255" if high > 1 and low >= 0 else ""))
-    return torch.from_numpy(array.astype(np.float32))
+    return images.float()
 
 
 class ImageBank(nn.Module):
@@ -152,7 +157,7 @@ def main(args: list[str]) -> None:
     parser.add_argument("--max_real", type=int, help="at most this many real images (default: the whole split)")
     parser.add_argument("--features", help="feature extractor (inception, fmnist_clf or a class path)")
     parser.add_argument("--features_weights", help="weights file for the feature extractor (e.g. Inception offline)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of KID's subsets")
+    parser.add_argument("--seed", type=int, default=0, help="seed of KID's subsets and FID∞'s draws")
     parser.add_argument("--batch_size", type=int, default=500, help="images per feature batch")
     options = parser.parse_args(args)
     names = parse_metric_names(options.metrics)

@@ -39,7 +39,9 @@ from lightning_gen.callbacks.pictures import picture_grids
 from lightning_gen.checkpoints import class_path, load_run, read_checkpoint, resolve_run
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import LightningGenError, check_range
+from lightning_gen.metrics.finite import NonFiniteSamplesError
 from lightning_gen.metrics.registry import (
+    METRICS,
     EvaluationSettings,
     MetricResult,
     evaluate_model,
@@ -190,15 +192,24 @@ def compare(paths: list[str], out: str | Path = "comparison",
         if not finite:  # its samples would be NaN: nothing to score, and the run counts as diverged
             run.failure = "diverged: non-finite weights in the checkpoint"
         supported = supported_metrics(model, wanted) if finite else []
-        run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device) \
-            if supported else []
-        if finite and latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
+        try:
+            run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device) \
+                if supported else []
+        except NonFiniteSamplesError as error:  # NaN samples from finite weights: counted as diverged
+            run.failure = f"diverged: {error}"
+            likelihoods = [name for name in supported if METRICS[name].needs != "sample"]  # need no samples
+            run.results = evaluate_model(model, datamodule, replace(settings, metrics=likelihoods), torch_device) \
+                if likelihoods else []
+        if not run.failure and latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
             fid_only = replace(settings, metrics=["fid"])
-            prior = evaluate_model(_DecodedPrior(model), datamodule, fid_only, torch_device)[0]
-            held_out = _held_out(datamodule, max_real or 2000)
-            midpoints = evaluate_model(_DecodedMidpoints(model, held_out), datamodule, fid_only, torch_device)[0]
-            run.latent_holes = [replace(prior, name=f"prior_{prior.name}"),
-                                replace(midpoints, name=f"midpoint_{midpoints.name}")]
+            try:
+                prior = evaluate_model(_DecodedPrior(model), datamodule, fid_only, torch_device)[0]
+                held_out = _held_out(datamodule, max_real or 2000)
+                midpoints = evaluate_model(_DecodedMidpoints(model, held_out), datamodule, fid_only, torch_device)[0]
+                run.latent_holes = [replace(prior, name=f"prior_{prior.name}"),
+                                    replace(midpoints, name=f"midpoint_{midpoints.name}")]
+            except NonFiniteSamplesError as error:
+                run.failure = f"diverged: decoded latents: {error}"
         run.parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
         run.sampling = sampling_speeds(model, seed, batches=(1, speed_batch))
         run.samples_per_second = run.sampling[f"batch {speed_batch}"]

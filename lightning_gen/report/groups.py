@@ -16,8 +16,9 @@ checkpoint part alone. Two runs or more with one key form a group; a run alone r
 
 A run failed when it
 
-- diverged: a non-finite weight, a non-finite value in its ``metrics.csv`` (a loss or a metric), a
-  non-finite evaluated metric, or a ``run.json`` that says it stopped on a non-finite loss (``diverged``);
+- diverged: a non-finite weight, samples with a NaN or inf (refused by ``metrics/finite.py``), a non-finite
+  value in its ``metrics.csv`` (a loss or a metric), a non-finite evaluated metric, or a ``run.json`` that says
+  it stopped on a non-finite loss (``diverged``);
 - collapsed: recall below ``RECALL_COLLAPSE`` (share of real images on the sample manifold; see there).
 
 Means and standard deviations (sample std, n - 1) are over the finite values of a group's runs, failed runs
@@ -100,7 +101,7 @@ def _non_finite_logged(folder: Path | None) -> str | None:
 def failure_of(run, record: dict[str, Any] | None = None) -> str | None:
     """Why ``run`` (a ``ComparedRun``) failed, "diverged: ..." or "collapsed: ...", or None for a healthy run.
     ``record``: its ``run.json``."""
-    if run.failure:  # found while loading (non-finite weights)
+    if run.failure:  # found while loading (non-finite weights) or evaluating (non-finite samples)
         return run.failure
     stopped = (record or {}).get(DIVERGED_RECORD_KEY)
     if stopped:

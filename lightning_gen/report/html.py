@@ -102,8 +102,9 @@ def markdown_table(runs) -> str:
 
 
 _GROUPS_ABOUT = ("Runs of one config that differ only in their seed: mean ± std (sample std) over the runs' finite "
-                 "values; failed: diverged (a non-finite weight, loss or metric, or a fit stopped on a non-finite "
-                 f"loss) or collapsed (recall below {RECALL_COLLAPSE}, about twice a one-class generator's).")
+                 "values; failed: diverged (a non-finite weight, sample, loss or metric, or a fit stopped on a "
+                 f"non-finite loss) or collapsed (recall below {RECALL_COLLAPSE}, about twice a one-class "
+                 "generator's).")
 
 
 def markdown_groups(groups) -> str:
