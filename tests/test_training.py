@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from lightning_gen.data import FashionMNISTDataModule, ImageFolderDataModule, MNISTDataModule
-from lightning_gen.models import AE, GAN, VAE, VQVAE, PixelCNN
+from lightning_gen.models import AE, GAN, VAE, VQVAE, Flow, FlowMatching, PixelCNN
 
 
 def _trainer(tmp_path, **kwargs) -> pl.Trainer:
@@ -71,6 +71,8 @@ MODELS = {
     "pixelcnn_mixture": lambda shape: PixelCNN(data_shape=shape, distribution="logistic_mixture", hidden=12, layers=2),
     "gan": lambda shape: GAN(data_shape=shape, latent_dim=8, width=8),
     "vqvae": lambda shape: VQVAE(data_shape=shape, num_codes=8, code_dim=4, channels=8, residual_blocks=1),
+    "flow_matching": lambda shape: FlowMatching(data_shape=shape, base_width=8, nfe=2),
+    "flow": lambda shape: Flow(data_shape=shape, levels=2, steps_per_level=1, hidden=8),
 }
 
 
