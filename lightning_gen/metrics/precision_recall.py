@@ -35,8 +35,10 @@ def share_inside_manifold(queries: Tensor, support: Tensor, radii: Tensor, chunk
     return torch.cat(inside).double().mean()
 
 
-class PrecisionRecall(Metric):
-    """``update(features, real)`` like torchmetrics' FID; ``compute()`` -> (precision, recall)."""
+class NeighbourhoodMetric(Metric):
+    """Real and generated features kept whole (``update(features, real)`` like torchmetrics' FID) for a
+    k-nearest-neighbour metric; gathered across processes (``cat``), so the value under DDP equals the
+    single-process value. ``features()`` -> (real, fake) in float64."""
 
     full_state_update = False
 
@@ -50,8 +52,15 @@ class PrecisionRecall(Metric):
     def update(self, features: Tensor, real: bool) -> None:
         (self.real_features if real else self.fake_features).append(features.double())
 
+    def features(self) -> tuple[Tensor, Tensor]:
+        return dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
+
+
+class PrecisionRecall(NeighbourhoodMetric):
+    """``compute()`` -> (precision, recall)."""
+
     def compute(self) -> tuple[Tensor, Tensor]:
-        real, fake = dim_zero_cat(self.real_features), dim_zero_cat(self.fake_features)
+        real, fake = self.features()
         if len(real) <= self.k or len(fake) <= self.k:
             raise ConfigValueError(f"precision/recall with k={self.k} needs more than {self.k} "
                                    "real and generated samples")

@@ -34,7 +34,7 @@ from lightning_gen.checkpoints import (
     class_path,
     read_checkpoint,
 )
-from lightning_gen.errors import DivergenceError, LightningGenError
+from lightning_gen.errors import ConfigValueError, DivergenceError, LightningGenError
 from lightning_gen.faults import kill_point
 
 RNG_KEY = "lightning_gen_rng"  # checkpoint entry: the global torch RNG and every process's training generator
@@ -138,6 +138,16 @@ class GenerativeModule(pl.LightningModule):
             if not getattr(network, "_lightning_gen_compiled", False):
                 network.compile()
                 network._lightning_gen_compiled = True
+
+    def check_data_classes(self) -> None:
+        """A class-conditional model (``num_classes`` set) must have as many classes as its data; call it
+        from ``setup``. Raises ``ConfigValueError`` naming the setting to change."""
+        wanted = getattr(self, "num_classes", None)
+        datamodule = self.trainer.datamodule if self._trainer is not None else None
+        data_classes = getattr(datamodule, "num_classes", None)
+        if wanted is not None and data_classes is not None and data_classes != wanted:
+            raise ConfigValueError(f"the model is conditioned on {wanted} classes but the data has "
+                                   f"{data_classes}; set model.init_args.num_classes: {data_classes}")
 
     def guard_finite(self, gradient_terms: dict[str, Tensor] | None = None, **losses: Tensor) -> None:
         """Stop training with a clear message on a non-finite loss, before it reaches the weights.

@@ -123,11 +123,7 @@ class FlowMatching(GenerativeModule):
         return self
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if self.num_classes is not None and data_classes is not None and data_classes != self.num_classes:
-            raise ConfigValueError(f"the model is conditioned on {self.num_classes} classes but the data has "
-                                   f"{data_classes}; set model.init_args.num_classes: {data_classes}")
+        self.check_data_classes()
 
     # --- the EMA of the weights ------------------------------------------------------------------------
     def ema_decay_now(self) -> float:

@@ -9,8 +9,8 @@ pixel by pixel. ``sampler="fast"`` (the default) caches every layer's activation
 the next pixel needs; ``sampler="reference"`` runs the whole network once per pixel and channel group.
 Both consume the same pre-drawn uniform noise, so they draw the same images up to floating-point
 rounding of the parameters (tested). On a CUDA device the fast sampler's thousands of small kernels are
-launch-bound, so "fast" records the whole generation once as a CUDA graph and replays it
-(``CudaGraphSampler``); "fast_eager" keeps launching them one by one.
+launch-bound, so "fast" records the whole generation once as a CUDA graph and replays it; "fast_eager" keeps
+launching them one by one (``samplers/autoregressive.py``, shared with the VQ-VAE prior).
 
 Units: ``*/nll`` in nats per image, ``*/nll_bpd`` in bits per dimension (the VAE's names).
 """
@@ -18,7 +18,6 @@ Units: ``*/nll`` in nats per image, ``*/nll_bpd`` in bits per dimension (the VAE
 from __future__ import annotations
 
 import math
-import weakref
 
 import torch
 from lightning.pytorch.cli import OptimizerCallable
@@ -29,74 +28,8 @@ from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.losses.autoregressive import DISTRIBUTIONS, build_pixel_distribution
 from lightning_gen.models.base import GenerativeModule, nats_to_bits_per_dim
 from lightning_gen.nets.conv import check_image_shape
-from lightning_gen.nets.pixelcnn import GatedPixelCNN, PixelPicker
-
-SAMPLERS = ("fast", "fast_eager", "reference")
-
-
-@torch.no_grad()
-def sample_by_full_passes(net, shape: tuple[int, int, int], pick: PixelPicker, labels: Tensor | None,
-                          n: int, device: torch.device) -> Tensor:
-    """The reference sampler: one full forward pass per pixel and channel group (H * W * groups passes)."""
-    channels, height, width = shape
-    x = torch.zeros(n, channels, height, width, device=device, dtype=next(net.parameters()).dtype)
-    for i in range(height):
-        for j in range(width):
-            for group in range(net.groups):
-                params = net(x, labels)[:, :, i, j]
-                x[:, net.channels_of_group(group), i, j] = pick(i, j, group, params)
-    return x
-
-
-class CudaGraphSampler:
-    """The fast sampler recorded as one CUDA graph per batch shape and replayed.
-
-    The cached sampler launches ~20 small kernels per layer, pixel and channel group (about 100k for a
-    28x28 image through 6 layers); at small batches the GPU waits on the launches. Replaying a recorded
-    graph issues them all at once. The graph reads the network's parameters by address, so in-place
-    training updates are seen; a new address (moved, re-created or cast parameters) or a new batch shape
-    records a new graph. The first call per shape runs the sampler eagerly (the warm-up that a capture
-    needs, and its result is returned: the same noise gives the same images), then records; later calls
-    replay. One graph is kept per model.
-    """
-
-    def __init__(self) -> None:
-        self._recorded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (key, buffers, graph)
-
-    @staticmethod
-    def _key(model: "PixelCNN", noise: Tensor, labels: Tensor | None) -> tuple:
-        return (tuple(noise.shape), noise.dtype, noise.device, labels is None,
-                tuple(p.data_ptr() for p in model.net.parameters()))
-
-    def __call__(self, model: "PixelCNN", noise: Tensor, labels: Tensor | None) -> Tensor:
-        key = self._key(model, noise, labels)
-        recorded = self._recorded.get(model)
-        if recorded is not None and recorded[0] == key:
-            _, static_noise, static_labels, graph, images = recorded
-            static_noise.copy_(noise)
-            if labels is not None:
-                static_labels.copy_(labels)
-            graph.replay()
-            return images.clone()
-        self._recorded.pop(model, None)  # frees the old graph's memory before recording a new one
-        static_noise, static_labels = noise.clone(), None if labels is None else labels.clone()
-
-        def pick(i: int, j: int, group: int, params: Tensor) -> Tensor:
-            return model.distribution.sample_pixel(params, static_noise[:, :, i, j], group)
-
-        side = torch.cuda.Stream(noise.device)
-        side.wait_stream(torch.cuda.current_stream(noise.device))
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
-            first = model.net.generate(len(noise), pick, static_labels, device=noise.device)
-        torch.cuda.current_stream(noise.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            images = model.net.generate(len(noise), pick, static_labels, device=noise.device)
-        self._recorded[model] = (key, static_noise, static_labels, graph, images)
-        return first
-
-
-cuda_graph_sampler = CudaGraphSampler()
+from lightning_gen.nets.pixelcnn import GatedPixelCNN
+from lightning_gen.samplers.autoregressive import check_autoregressive_sampler, draw_autoregressively
 
 
 class PixelCNN(GenerativeModule):
@@ -145,8 +78,7 @@ class PixelCNN(GenerativeModule):
         self.save_hyperparameters(ignore=["optimizer"])
         if distribution not in DISTRIBUTIONS:
             raise ConfigValueError(f"unknown distribution {distribution!r}; choose one of {DISTRIBUTIONS}")
-        if sampler not in SAMPLERS:
-            raise ConfigValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        check_autoregressive_sampler(sampler)
         if num_classes is not None and num_classes < 1:
             raise ConfigValueError(f"num_classes must be >= 1 or None (unconditional), got {num_classes}")
         check_range(at_least=1, mixture_components=mixture_components, hidden=hidden, layers=layers)
@@ -172,11 +104,7 @@ class PixelCNN(GenerativeModule):
         return [self.net]  # its forward (training, likelihood); the incremental sampler stays eager
 
     def setup(self, stage: str) -> None:
-        datamodule = self.trainer.datamodule if self._trainer is not None else None
-        data_classes = getattr(datamodule, "num_classes", None)
-        if self.num_classes is not None and data_classes is not None and data_classes != self.num_classes:
-            raise ConfigValueError(f"the model is conditioned on {self.num_classes} classes but the data has "
-                             f"{data_classes}; set model.init_args.num_classes: {data_classes}")
+        self.check_data_classes()
 
     # --- likelihood ------------------------------------------------------------------------------------
     def _labels(self, batch) -> Tensor | None:
@@ -247,20 +175,16 @@ class PixelCNN(GenerativeModule):
         Every random number is drawn up front from ``generator`` (labels, then one block of uniform noise
         ``[n, noise_per_pixel, H, W]``), so the fast and the reference sampler see the same noise.
         """
-        sampler = sampler or self.sampler
-        if sampler not in SAMPLERS:
-            raise ConfigValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        sampler = check_autoregressive_sampler(sampler or self.sampler)
         channels, height, width = self.data_shape
         if self.num_classes is not None and labels is None:
             labels = torch.randint(self.num_classes, (n,), generator=generator, device=self.device)
         noise = torch.rand(n, self.distribution.noise_per_pixel, height, width, generator=generator,
                            device=self.device, dtype=self.dtype)
 
-        def pick(i: int, j: int, group: int, params: Tensor) -> Tensor:
-            return self.distribution.sample_pixel(params, noise[:, :, i, j], group)
+        def picker(noise: Tensor):
+            def pick(i: int, j: int, group: int, params: Tensor) -> Tensor:
+                return self.distribution.sample_pixel(params, noise[:, :, i, j], group)
+            return pick
 
-        if sampler == "fast" and self.device.type == "cuda":
-            return cuda_graph_sampler(self, noise, labels)
-        if sampler in ("fast", "fast_eager"):
-            return self.net.generate(n, pick, labels, progress=progress, device=self.device)
-        return sample_by_full_passes(self.net, self.data_shape, pick, labels, n, self.device)
+        return draw_autoregressively(self.net, self.data_shape, noise, picker, labels, sampler, progress)

@@ -41,11 +41,9 @@ from lightning_gen.errors import CheckpointError, ConfigValueError, check_range
 from lightning_gen.losses.autoregressive import CategoricalCodes
 from lightning_gen.models.autoencoder import EVAL_SEED
 from lightning_gen.models.base import GenerativeModule
-from lightning_gen.models.pixelcnn import sample_by_full_passes
 from lightning_gen.models.vqvae import VQVAE
 from lightning_gen.nets.pixelcnn import GatedPixelCNN
-
-SAMPLERS = ("fast", "reference")
+from lightning_gen.samplers.autoregressive import check_autoregressive_sampler, draw_autoregressively
 
 
 def bits_per_code(nats_per_grid: Tensor, cells: int) -> Tensor:
@@ -88,8 +86,7 @@ class VQVAEPrior(GenerativeModule):
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer"])
-        if sampler not in SAMPLERS:
-            raise ConfigValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        check_autoregressive_sampler(sampler)
         check_range(at_least=1, hidden=hidden, layers=layers, num_classes=num_classes)
         self.data_shape = tuple(data_shape) if data_shape is not None else None
         self.sampler, self.conditional = sampler, conditional
@@ -215,6 +212,12 @@ class VQVAEPrior(GenerativeModule):
                                    "bernoulli" else "none: discrete likelihood over the 256 levels of 8-bit pixels"),
                 "class_prior": "uniform" if self.num_classes else "unconditional"}
 
+    def sampling_protocol(self) -> dict:
+        """How ``sample`` draws: the code grid autoregressively, one step per code, then one decoder pass."""
+        height, width = self.code_shape
+        return {"order": "autoregressive", "step": f"code of the {height}x{width} grid", "steps": height * width,
+                "sampler": self.sampler, "then": "one decoder pass"}
+
     # --- training and evaluation -----------------------------------------------------------------------
     def _codes_and_labels(self, batch, stage: str, batch_idx: int) -> tuple[Tensor, Tensor | None]:
         """The batch's code grids (cached ones from ``VQCodesDataModule``'s third element, else encoded
@@ -271,20 +274,20 @@ class VQVAEPrior(GenerativeModule):
         Every random number is drawn up front from ``generator`` (labels, then uniforms ``[n, h, w]``), so
         the fast and the reference sampler draw the same grids (up to rounding of the logits).
         """
-        sampler = sampler or self.sampler
-        if sampler not in SAMPLERS:
-            raise ConfigValueError(f"unknown sampler {sampler!r}; choose one of {SAMPLERS}")
+        sampler = check_autoregressive_sampler(sampler or self.sampler)
         if self.num_classes is not None and labels is None:
             labels = torch.randint(self.num_classes, (n,), generator=generator, device=self.device)
         uniform = torch.rand(n, *self.code_shape, generator=generator, device=self.device)
 
-        def pick(i: int, j: int, group: int, logits: Tensor) -> Tensor:  # -> the one-hot of the drawn code
-            return F.one_hot(self.codes.sample(logits, uniform[:, i, j]), self.num_codes).to(logits.dtype)
+        def picker(uniform: Tensor):
+            def pick(i: int, j: int, group: int, logits: Tensor) -> Tensor:  # -> the one-hot of the drawn code
+                return F.one_hot(self.codes.sample(logits, uniform[:, i, j]), self.num_codes).to(logits.dtype)
+            return pick
 
-        if sampler == "fast":
-            one_hot = self.net.generate(n, pick, labels, progress=progress, device=self.device)
-        else:
-            one_hot = sample_by_full_passes(self.net, (self.num_codes, *self.code_shape), pick, labels, n, self.device)
+        shape = (self.num_codes, *self.code_shape)
+        if sampler == "fast":  # the CUDA-graph replay is checked on the GPU for the PixelCNN only: cached, eager
+            sampler = "fast_eager"
+        one_hot = draw_autoregressively(self.net, shape, uniform, picker, labels, sampler, progress)
         return one_hot.argmax(1)
 
     @torch.no_grad()
