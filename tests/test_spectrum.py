@@ -10,6 +10,8 @@ import torch
 from image_bank import ImageBankModel
 from torchvision.transforms.functional import gaussian_blur
 
+import lightning_gen.metrics.compute as compute
+import lightning_gen.metrics.registry as registry
 from lightning_gen.data.mnist import FashionMNISTDataModule
 from lightning_gen.metrics.registry import EvaluationSettings, best_of, evaluate_model
 from lightning_gen.metrics.spectrum import PowerSpectrum, high_frequency_ratio
@@ -63,9 +65,14 @@ def test_noisy_copies_score_above_one(fmnist):
     assert ratio > 1.5, ratio
 
 
-def test_the_registry_scores_sharpness_without_a_feature_extractor(fmnist):
+def test_the_registry_scores_sharpness_without_a_feature_extractor(fmnist, monkeypatch):
     data, images = fmnist
-    # inception weights are not on this machine: the metric must not build a feature extractor it does not use
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("sharpness built a feature extractor it does not use")
+
+    for module in (compute, registry):  # the metric must not build the (slow) Inception extractor
+        monkeypatch.setattr(module, "build_feature_extractor", refuse)
     settings = EvaluationSettings(metrics=["sharpness"], num_samples=1000, max_real=1000, features="inception",
                                   progress=False)
     sharp = evaluate_model(ImageBankModel(images[:1000]), data, settings, "cpu")
