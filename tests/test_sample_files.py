@@ -48,6 +48,9 @@ def test_a_folder_of_pngs_scores_as_the_npz_of_the_same_images(fmnist_dir, tmp_p
         Image.fromarray(image[0]).save(folder / f"{i:04d}.png")
     np.savez(tmp_path / "same.npz", images=images)
     options = ("--metrics", "fid", "--max_real", "300")
+    main(["evaluate", "--samples", str(folder), "--data", "vae_fmnist", "--data_dir", str(fmnist_dir), *options])
+    progress = capsys.readouterr().err  # the bar names what the pass does: images are read, not sampled
+    assert "reading the images for fmnist_clf features" in progress and "sampling" not in progress
     assert _score(capsys, folder, fmnist_dir, *options) == _score(capsys, tmp_path / "same.npz", fmnist_dir, *options)
 
 

@@ -148,7 +148,7 @@ class EvaluationRun:
             if wants_spectrum:  # the same samples serve the sharpness metric
                 self._sample_spectrum.update(images)
 
-        self._draw_samples(consume, f"sampling for {extractor.name} features")
+        self._draw_samples(consume, f"{self._drawing} for {extractor.name} features")
         protocol = {
             **extractor.protocol(),
             "real_dataset": key["dataset"],
@@ -160,6 +160,12 @@ class EvaluationRun:
         }
         return SampleFeatures(extractor.name, extractor.num_features, share.to(device, torch.float64),
                               torch.cat(fake), len(real), protocol)
+
+    @property
+    def _drawing(self) -> str:
+        """What the progress bar says the sample pass does: a model's ``progress_label`` (images read from
+        a file are not sampled), else "sampling"."""
+        return getattr(self.model, "progress_label", "sampling")
 
     def _draw_samples(self, consume, description: str) -> None:
         """This process's share of ``num_samples`` samples, batch by batch, to ``consume(images)``. A batch
@@ -197,7 +203,7 @@ class EvaluationRun:
             spectrum = self._sample_spectrum
         else:
             spectrum = PowerSpectrum()
-            self._draw_samples(spectrum.update, "sampling for the power spectrum")
+            self._draw_samples(spectrum.update, f"{self._drawing} for the power spectrum")
         spectrum.all_reduce()
         return spectrum
 

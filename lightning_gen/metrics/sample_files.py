@@ -107,6 +107,8 @@ def _checked(array: np.ndarray, name: str) -> Tensor:
 class ImageBank(nn.Module):
     """Given images behind the ``sample`` surface: each call returns the next ``n``, in order."""
 
+    progress_label = "reading the images"  # what the evaluation's progress bar says: no sampling happens
+
     def __init__(self, images: Tensor):
         super().__init__()
         self.images, self.data_shape, self._next = images, tuple(images.shape[1:]), 0
