@@ -9,6 +9,8 @@ protocol recorded next to every number.
   TensorFlow-1-compatible bilinear interpolation (no antialiasing), as in the reference FID implementation.
 - ``fmnist_clf``: a small classifier trained on Fashion-MNIST by this repository (128-d penultimate
   features, weights committed with their hash). The default for 28x28 grayscale data.
+- ``dinov2``: DINOv2 ViT-L/14 features, the space of FD-DINOv2 (``dinov2.py``): from a TorchScript file of the
+  backbone, or torch hub when online (no package ships its weights).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.classifier import FEATURE_DIM, SmallImageClassifier
+from lightning_gen.metrics.dinov2 import DINOV2_ENV, HUB_MODEL, INPUT_SIZE, dinov2_fix, load_backbone, preprocess
 from lightning_gen.metrics.inception import (
     INCEPTION_INSTALL,
     PACKAGED_FILE,
@@ -205,8 +208,37 @@ class InceptionFeatures(FeatureExtractor):
         return features
 
 
+class DinoV2Features(FeatureExtractor):
+    """DINOv2 ViT-L/14 features for FD-DINOv2 (``dinov2.py``): torch-fidelity's pipeline around a backbone
+    from a TorchScript file (``weights_path`` or ``$LIGHTNING_GEN_DINOV2_WEIGHTS``) or from torch hub."""
+
+    name = "dinov2"
+    resize_rule = "uint8, gray->RGB, 224x224 TF1-compatible bilinear, ImageNet mean/std"
+
+    def __init__(self, weights_path: str | None = None):
+        super().__init__()
+        path = weights_path or os.environ.get(DINOV2_ENV)
+        if path is not None and not Path(path).expanduser().is_file():
+            raise FeatureError(f"DINOv2 weights {path} do not exist. {dinov2_fix()}")
+        try:
+            self.net = load_backbone(None if path is None else Path(path).expanduser())
+        except Exception as error:  # offline without a cache, a file that is not TorchScript: the fix is the same
+            raise FeatureError(f"cannot load the DINOv2 backbone ({type(error).__name__}: "
+                               f"{str(error).splitlines()[0] if str(error) else ''}). {dinov2_fix()}") from error
+        self.net.eval()
+        self.weights_sha256 = file_sha256(str(Path(path).expanduser())) if path else f"torch.hub:{HUB_MODEL}"
+        with torch.no_grad():
+            self.num_features = int(self.net(torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)).shape[-1])
+
+    def forward(self, images: Tensor) -> Tensor:
+        if images.shape[1] not in (1, 3):
+            raise FeatureError(f"DINOv2 features need 1 or 3 channels, got {images.shape[1]}")
+        return self.net(preprocess(images)).float()
+
+
 FEATURE_EXTRACTORS: dict[str, type[FeatureExtractor]] = {"inception": InceptionFeatures,
-                                                         "fmnist_clf": ClassifierFeatures}
+                                                         "fmnist_clf": ClassifierFeatures,
+                                                         "dinov2": DinoV2Features}
 
 
 def default_features(data_shape: tuple[int, ...]) -> str:
