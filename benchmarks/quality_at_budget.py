@@ -2,7 +2,8 @@
 against plain-PyTorch scripts written as a competent user would write them, on Fashion-MNIST.
 
     python benchmarks/quality_at_budget.py --family gan --minutes 5 --seeds 3
-    python benchmarks/quality_at_budget.py --family all        # 5 min; 3 seeds for gan and vae, 1 for ae and pixelcnn
+    python benchmarks/quality_at_budget.py --family all        # 5 min; 3 seeds for gan and vae, 1 for the others
+    python benchmarks/quality_at_budget.py --family flow_matching --flow-matching-samples 2000   # + the peer torchcfm
     python benchmarks/quality_at_budget.py --family vae --minutes 15 --seeds 1
     python benchmarks/quality_at_budget.py --report --family all --minutes 15   # only the table of stored results
     python benchmarks/quality_at_budget.py --quick             # 0.5 s per run, tiny evaluation: a crash check
@@ -13,6 +14,9 @@ library versions, date. Then the script prints a table of every stored result of
 the chosen budget: per contender the FID of each seed (the latest run of each), the median and the worst
 seed (highest FID), medians of the other metrics, and default / baseline median FID, where "the
 baseline" is the better (lower median FID) of the two plain settings, so that it is not a straw man.
+The flow families also have a "peer" contender, a peer library's own recipe (``peer-torchcfm``,
+``peer-normflows``), with default / peer median FID beside it; the solver and NFE of every sampler that
+reports them (flow matching) stand beside its row.
 
 The contenders run one after another on this machine, never two at once, for one seed after another;
 each seed seeds every contender the same way (``--seed_everything SEED`` / ``torch.manual_seed(SEED)``).
@@ -49,16 +53,25 @@ before the data is loaded and the nets are built:
 - pixelcnn: the classic PixelCNN (van den Oord et al. 2016a): 7x7 mask-A conv, then ReLU + 3x3 mask-B
   convs, then ReLU, 1x1 conv, ReLU, 1x1 conv to a 256-way softmax per pixel; cross-entropy, Adam 1e-3,
   batch 64 (the config's). A: 32 wide, 5 mask-B layers; B: 64 wide, 7 mask-B layers.
+- flow_matching and flow (issue 35): the plain scripts and the peer recipes are in baselines.py (its
+  docstring has the details): flow matching, a rectified-flow U-Net 32 wide with Euler sampling at NFE 50,
+  A batch 64 / B batch 128, and torchcfm's exact-OT CFM recipe of its MNIST example (dopri5); flow, a
+  RealNVP (checkerboard and channel couplings, logit preprocessing), A 32 / B 64 hidden channels, and
+  normflows' Glow example (L=2, K=16). They need the ``bench`` extra (torchcfm, normflows).
 
 Evaluation, after the budget, the same for every contender and not counted in it: the final in-memory
 model (for lightning-gen what ``sample`` uses: the GAN's EMA generator, the AE's fitted code Gaussian),
 ``lightning_gen.metrics.evaluate_model`` with FID, KID, precision and recall (k=3) in ``fmnist_clf``
 features, ``--num-samples`` samples (sample seed 0) vs as many test images (10,000: the whole test split);
 pixelcnn ``--pixelcnn-samples`` (default 500: the plain nets sample by 784 network passes, one per pixel,
-each over the window the pixel can see; setting B takes minutes for 500 samples on 2 cores). bits/dim on
+each over the window the pixel can see; setting B takes minutes for 500 samples on 2 cores); flow_matching
+``--flow-matching-samples`` (default 2,000: every sample costs NFE network passes). bits/dim on
 the first ``--nll-images`` test images where the model has a discrete likelihood of 8-bit pixels:
-lightning-gen's VAE (IWAE bound, the config's 128 importance samples) and every PixelCNN (exact); the
-Bernoulli baselines model [0, 1] intensities, not 8-bit levels, and the GAN and AE have none ("n/a").
+lightning-gen's VAE (IWAE bound, the config's 128 importance samples), every PixelCNN (exact) and every
+flow (exact density of uniformly dequantised data: a bound on the 8-bit likelihood); the
+Bernoulli baselines model [0, 1] intensities, not 8-bit levels, and the GAN and AE have none ("n/a");
+flow matching's baselines have none, and lightning-gen's ODE likelihood runs only with
+``--flow-matching-nll-images`` > 0 (default 0: it costs ~100 samples' worth per image).
 Also: images trained, images trained per second of budget, and for lightning-gen the share of the
 training clock spent outside training steps (start-up, fetching batches, validation, the evaluation
 callback, pictures, checkpoints), with the evaluation callback's own share in brackets.
@@ -71,6 +84,7 @@ import argparse
 import contextlib
 import functools
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -88,7 +102,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from budget import StopAfter, batches_until, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
+from baselines import (  # noqa: E402  (benchmarks/ is the script's folder)
+    DEVICE,
+    SHAPE,
+    Trained,
+    fashion_mnist,
+    train_normflows_glow,
+    train_plain_flow,
+    train_plain_flow_matching,
+    train_torchcfm,
+)
+from budget import StopAfter, batches_until, train_plain  # noqa: E402
 from machine_info import cpu_name  # noqa: E402
 from torch import Tensor, nn
 
@@ -99,39 +123,34 @@ from lightning_gen.metrics import EvaluationSettings, evaluate_model
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "benchmarks" / "quality_at_budget.jsonl"
-FAMILIES = ("ae", "vae", "gan", "pixelcnn")
-SEEDS_BY_FAMILY = {"gan": 3, "vae": 3, "ae": 1, "pixelcnn": 1}  # without --seeds: the full set of issue 14
+FAMILIES = ("ae", "vae", "gan", "pixelcnn", "flow_matching", "flow")
+# without --seeds: the full set of issue 14 (and one seed for issue 35's flow families: sampling is the cost)
+SEEDS_BY_FAMILY = {"gan": 3, "vae": 3, "ae": 1, "pixelcnn": 1, "flow_matching": 1, "flow": 1}
 FEATURES = "fmnist_clf"
-SHAPE = (1, 28, 28)
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")  # what the configs' accelerator auto picks
+# the peer library of each family that has one: its contender's key is "peer-<library>"
+PEERS = {"flow_matching": "torchcfm", "flow": "normflows"}
+CONTENDER_KEYS = ("lightning-gen", "plain-A", "plain-B", *(f"peer-{library}" for library in PEERS.values()))
 
 # --quick: 0.5 s budgets (at least one batch); a PixelCNN sampler's cost is 784 network passes whatever the
-# batch, so few samples
+# batch, and a flow-matching sampler's NFE passes (the peer's adaptive solver picks its own), so few samples
 QUICK_MINUTES, QUICK_SAMPLES, QUICK_PIXELCNN_SAMPLES, QUICK_NLL_IMAGES = 0.5 / 60, 50, 8, 10
-
-
-@dataclass
-class Trained:
-    """One contender after its budget."""
-
-    model: nn.Module  # offers sample(n, generator) -> [n, 1, 28, 28] in [0, 1]; log_likelihood(x) where defined
-    images: int  # training images seen
-    train_seconds: float  # launch -> the end of the last training batch (the budget plus at most one batch)
-    wall_seconds: float  # launch -> ready to sample (adds lightning-gen's final validation, the AE's code fit)
-    in_batches: float | None = None  # lightning-gen: seconds inside training steps, the rest being overhead
-    evaluation_seconds: float | None = None  # lightning-gen: its config's EvaluationCallback, inside the budget
+QUICK_FLOW_MATCHING_SAMPLES = 8
+# the flow families' plain and peer contenders train one batch of a few images (lightning-gen: its config's);
+# the plain flow-matching sampler takes a few Euler steps (the peer's dopri5 chooses its own)
+QUICK_BATCH = 8
+QUICK_PLAIN = {"flow_matching": {"batch_size": QUICK_BATCH, "nfe": 4}, "flow": {"batch_size": QUICK_BATCH}}
 
 
 @dataclass(frozen=True)
 class Contender:
-    contender: str  # "lightning-gen" or "plain"
-    setting: str  # the config, or the plain setting "A" / "B"
+    contender: str  # "lightning-gen", "plain" or "peer"
+    setting: str  # the config, the plain setting "A" / "B", or the peer's library
     description: str
     train: Callable[[float, int], Trained]  # (budget seconds, seed) -> the trained model
 
     @property
     def key(self) -> str:
-        return self.contender if self.contender == "lightning-gen" else f"plain-{self.setting}"
+        return self.contender if self.contender == "lightning-gen" else f"{self.contender}-{self.setting}"
 
 
 # --- lightning-gen: the default config through the CLI --------------------------------------------
@@ -157,13 +176,7 @@ def train_default(family: str, seconds: float, seed: int, quick: bool = False,
     return Trained(cli.model, clock.images, clock.seconds, time.perf_counter() - started, clock.in_batches, evaluation)
 
 
-# --- plain PyTorch: data and the training loops ------------------------------------------------------
-def fashion_mnist(batch_size: int) -> FashionMNISTDataModule:
-    data = FashionMNISTDataModule(batch_size=batch_size)  # the configs' 54k/6k split of the training set
-    data.setup("fit")
-    return data
-
-
+# --- plain PyTorch: the training loops (the flow families' and the peers': baselines.py) ------------------
 # GAN
 LATENT_GAN = 100
 
@@ -391,7 +404,7 @@ def train_plain_pixelcnn(width: int, b_layers: int, seconds: float, seed: int) -
 
 def contenders(family: str, quick: bool, overrides: tuple[str, ...] = ()) -> list[Contender]:
     """lightning-gen's default config (with ``overrides``, command-line options without their leading
-    dashes, for an ablation), then the two plain settings."""
+    dashes, for an ablation), then the two plain settings, then the peer library's recipe where there is one."""
     plain = {
         "gan": [("A", "DCGAN, batch 64", functools.partial(train_plain_gan, 64)),
                 ("B", "DCGAN, batch 128", functools.partial(train_plain_gan, 128))],
@@ -402,24 +415,41 @@ def contenders(family: str, quick: bool, overrides: tuple[str, ...] = ()) -> lis
                ("B", "conv 32-64, 20-d code, BCE", functools.partial(train_plain_autoencoder, conv_nets, False))],
         "pixelcnn": [("A", "classic, 32 wide, 5 mask-B layers", functools.partial(train_plain_pixelcnn, 32, 5)),
                      ("B", "classic, 64 wide, 7 mask-B layers", functools.partial(train_plain_pixelcnn, 64, 7))],
+        "flow_matching": [
+            ("A", "rectified flow, U-Net 32 wide, batch 64", functools.partial(train_plain_flow_matching,
+                                                                                batch_size=64)),
+            ("B", "rectified flow, U-Net 32 wide, batch 128", functools.partial(train_plain_flow_matching,
+                                                                                 batch_size=128))],
+        "flow": [("A", "RealNVP, 32 hidden channels, batch 64", functools.partial(train_plain_flow, hidden=32)),
+                 ("B", "RealNVP, 64 hidden channels, batch 64", functools.partial(train_plain_flow, hidden=64))],
     }[family]
+    peer = {"flow_matching": ("their MNIST example: exact-OT CFM, sigma 0, their U-Net 32 wide, batch 128",
+                              train_torchcfm),
+            "flow": ("their Glow example: L=2, K=16, 256 hidden, Adamax 1e-3, batch 128", train_normflows_glow),
+            }.get(family)
+    if quick and family in PEERS:  # their nets are heavy for a CPU: a crash check trains one small batch
+        plain = [(setting, description, functools.partial(train, **QUICK_PLAIN[family]))
+                 for setting, description, train in plain]
+        peer = (peer[0], functools.partial(peer[1], batch_size=QUICK_BATCH))
     setting = " ".join([f"configs/{family}_fmnist.yaml", *overrides])
     default = Contender("lightning-gen", setting,
                         "the default config through the CLI" + " with changes" * bool(overrides),
                         functools.partial(train_default, family, quick=quick, overrides=tuple(overrides)))
-    return [default, *(Contender("plain", setting, description, train) for setting, description, train in plain)]
+    return [default, *(Contender("plain", setting, description, train) for setting, description, train in plain),
+            *([Contender("peer", PEERS[family], *peer)] if peer else [])]
 
 
 # --- evaluation, after the budget ---------------------------------------------------------------
 def evaluate(model: nn.Module, num_samples: int, nll_images: int) -> dict[str, float]:
     """FID, KID, precision, recall (``fmnist_clf``: ``num_samples`` samples vs as many test images) and,
-    where the model has ``log_likelihood``, ``nll_bpd`` (bits/dim, the first ``nll_images`` test images)."""
+    where the model has ``log_likelihood`` and ``nll_images`` > 0, ``nll_bpd`` (bits/dim, the first
+    ``nll_images`` test images)."""
     model.to(DEVICE)
     data = FashionMNISTDataModule()
     settings = EvaluationSettings(metrics=["fid", "kid", "precision_recall"], num_samples=num_samples, split="test",
                                   max_real=num_samples, features=FEATURES, progress=False)
     values = {r.name.removesuffix(f"_{FEATURES}"): r.value for r in evaluate_model(model, data, settings, DEVICE)}
-    if callable(getattr(model, "log_likelihood", None)):
+    if nll_images > 0 and callable(getattr(model, "log_likelihood", None)):
         nll = EvaluationSettings(metrics=["nll_bpd"], split="test", max_real=nll_images, progress=False)
         values.update({r.name: r.value for r in evaluate_model(model, data, nll, DEVICE)})
     return values
@@ -442,8 +472,13 @@ def run_one(family: str, contender: Contender, seed: int, args) -> dict:
     digest = config_digest(family) if contender.contender == "lightning-gen" else None
     trained = contender.train(args.minutes * 60, seed)
     evaluation_started = time.perf_counter()
-    num_samples = args.pixelcnn_samples if family == "pixelcnn" else args.num_samples
-    metrics = evaluate(trained.model, num_samples, args.nll_images)
+    num_samples = {"pixelcnn": args.pixelcnn_samples, "flow_matching": args.flow_matching_samples}.get(
+        family, args.num_samples)
+    nll_images = args.flow_matching_nll_images if family == "flow_matching" else args.nll_images
+    metrics = evaluate(trained.model, num_samples, nll_images)
+    # how the samples were drawn (solver, NFE) where the model says: read after evaluate, for an adaptive solver
+    sampling = trained.model.sampling_protocol() if callable(getattr(trained.model, "sampling_protocol", None)) \
+        else None
     if args.save_samples:
         save_samples(trained.model, args.save_samples / f"{family}-{contender.key}-seed{seed}-{args.minutes:g}min.npz")
     record = {
@@ -456,8 +491,9 @@ def run_one(family: str, contender: Contender, seed: int, args) -> dict:
         **({"seconds_in_training_steps": round(trained.in_batches, 2),
             "evaluation_callback_seconds": round(trained.evaluation_seconds, 2)} if trained.in_batches else {}),
         "evaluation": {"features": FEATURES, "num_samples": num_samples, "num_real": num_samples, "split": "test",
-                       "nll_images": args.nll_images if "nll_bpd" in metrics else None, "sample_seed": 0,
-                       "seconds": round(time.perf_counter() - evaluation_started, 1)},
+                       "nll_images": nll_images if "nll_bpd" in metrics else None, "sample_seed": 0,
+                       "seconds": round(time.perf_counter() - evaluation_started, 1),
+                       **({"sampling": sampling} if sampling else {})},
         "machine": machine(), "load_average": {"before": load_before, "after": load_average()},
         "torch": torch.__version__, "lightning": lightning.__version__, "lightning_gen": lightning_gen.__version__,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "quick": args.quick,
@@ -526,8 +562,19 @@ def summarize(runs: dict[int, dict]) -> dict:
         "median_evaluation": _median_share(runs, "evaluation_callback_seconds"),
         "median_images": statistics.median(runs[s]["images_trained"] for s in seeds),
         "median_images_per_second": statistics.median(runs[s]["images_per_budget_second"] for s in seeds),
-        "description": runs[seeds[-1]]["description"],
+        "description": runs[seeds[-1]]["description"], "sampling": _sampling_text(runs),
     }
+
+
+def _sampling_text(runs: dict[int, dict]) -> str | None:
+    """The ODE solver and NFE the samples were drawn with (median NFE over seeds: an adaptive solver varies),
+    for the models that integrate an ODE (their sampling protocol has "nfe"); None for the others."""
+    protocols = [r["evaluation"].get("sampling") or {} for r in runs.values()]
+    protocols = [p for p in protocols if "nfe" in p]
+    if not protocols:
+        return None
+    nfes = [p["nfe"] for p in protocols if p["nfe"] is not None]
+    return f"{protocols[-1].get('solver', 'ODE')}, NFE {fmt(statistics.median(nfes), '.0f') if nfes else 'n/a'}"
 
 
 def _median_share(runs: dict[int, dict], key: str, outside: bool = False) -> float | None:
@@ -537,10 +584,11 @@ def _median_share(runs: dict[int, dict], key: str, outside: bool = False) -> flo
     return statistics.median(shares) if shares else None
 
 
-def better_baseline(summaries: dict[tuple[str, str], dict]) -> tuple[str, str] | None:
-    """The plain setting with the lowest median FID: the baseline the default is held against."""
-    plain = [key for key in summaries if key[0] == "plain"]
-    return min(plain, key=lambda key: summaries[key]["median_fid"]) if plain else None
+def better_baseline(summaries: dict[tuple[str, str], dict], kind: str = "plain") -> tuple[str, str] | None:
+    """The ``kind`` contender ("plain": of the two plain settings; "peer": the peer library's recipe) with the
+    lowest median FID: the baseline the default is held against."""
+    candidates = [key for key in summaries if key[0] == kind]
+    return min(candidates, key=lambda key: summaries[key]["median_fid"]) if candidates else None
 
 
 def _percent(share: float | None) -> str:
@@ -575,8 +623,10 @@ def family_table(records: list[dict], family: str, minutes: float, quick: bool, 
 
 
 def protocol_table(runs: list[dict], results: Path) -> list[str]:
-    """One row per contender and setting (lightning-gen first), then default / baseline median FID."""
-    groups = sorted(latest_per_seed(runs).items(), key=lambda item: (item[0][0] != "lightning-gen", item[0][1]))
+    """One row per contender and setting (lightning-gen, the plain settings, the peer), then default / baseline
+    median FID for the better plain setting and for the peer."""
+    order = {"lightning-gen": 0, "plain": 1, "peer": 2}
+    groups = sorted(latest_per_seed(runs).items(), key=lambda item: (order.get(item[0][0], 3), item[0][1]))
     summaries = {key: summarize(seeds) for key, seeds in groups}
     machines = sorted({f"{r['machine']['cpu']}, {r['machine']['threads']} threads, {r['machine']['device']}"
                        for r in runs})
@@ -588,6 +638,7 @@ def protocol_table(runs: list[dict], results: Path) -> list[str]:
     for (contender, setting), s in summaries.items():
         per_seed = ", ".join(f"{seed}: {fid:.1f}" for seed, fid in s["fid_per_seed"].items())
         label = setting if contender == "lightning-gen" else f"{setting}: {s['description']}"
+        label += f" [{s['sampling']}]" if s["sampling"] else ""
         lines.append(
             f"| {contender} | {label} | {len(s['seeds'])} | {per_seed} | {s['median_fid']:.1f} "
             f"| {s['worst_fid']:.1f} ({s['worst_seed']}) | {fmt(s['median_kid'])} "
@@ -595,17 +646,27 @@ def protocol_table(runs: list[dict], results: Path) -> list[str]:
             f"| {fmt(s['median_nll_bpd'], '.4f')} | {s['median_images']:,.0f} | {s['median_images_per_second']:,.0f} "
             f"| {_percent(s['median_overhead'])} ({_percent(s['median_evaluation'])}) |")
     lines.append("")
-    baseline = better_baseline(summaries)
+    baseline, peer = better_baseline(summaries), better_baseline(summaries, "peer")
     current = ("lightning-gen", f"configs/{runs[0]['family']}_fmnist.yaml")  # no override, the config as it is now
     default = current if current in summaries else None
     if baseline and default:
-        ratio = summaries[default]["median_fid"] / summaries[baseline]["median_fid"]
         lines.append(f"the baseline: plain {baseline[1]} ({summaries[baseline]['description']}), the lower median FID "
-                     f"of the plain settings; default / baseline median FID = {ratio:.3f} "
-                     f"({'below 1: the default is better' if ratio < 1 else 'at or above 1: the baseline is better'})")
+                     f"of the plain settings; {_ratio_text(summaries, default, baseline, 'baseline')}")
     else:
         lines.append("no ratio: the default config and a plain baseline both need results at this budget")
+    if peer and default:
+        lines.append(f"the peer: {peer[1]}'s own recipe ({summaries[peer]['description']}); "
+                     f"{_ratio_text(summaries, default, peer, 'peer')}")
+    elif peer:
+        lines.append("no peer ratio: the default config needs results at this budget")
     return [*lines, ""]
+
+
+def _ratio_text(summaries: dict[tuple[str, str], dict], default: tuple[str, str], other: tuple[str, str],
+                name: str) -> str:
+    ratio = summaries[default]["median_fid"] / summaries[other]["median_fid"]
+    return (f"default / {name} median FID = {ratio:.3f} "
+            f"({'below 1: the default is better' if ratio < 1 else f'at or above 1: the {name} is better'})")
 
 
 # --- command line -------------------------------------------------------------------------------
@@ -613,12 +674,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", choices=[*FAMILIES, "all"], default="all")
     parser.add_argument("--minutes", type=float, default=5.0, help="wall-clock budget of every run")
-    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: 3 for gan and vae, 1 for ae and pixelcnn)")
+    parser.add_argument("--seeds", type=int, help="seeds 0..N-1 (default: 3 for gan and vae, 1 for the others)")
     parser.add_argument("--seed-list", type=int, nargs="+", help="these seeds instead of --seeds")
-    parser.add_argument("--contenders", nargs="+", choices=["lightning-gen", "plain-A", "plain-B"],
-                        default=["lightning-gen", "plain-A", "plain-B"], help="a subset of the contenders")
+    parser.add_argument("--contenders", nargs="+", choices=CONTENDER_KEYS, default=list(CONTENDER_KEYS),
+                        help="a subset of the contenders (a family without a peer has no peer-* contender)")
     parser.add_argument("--num-samples", type=int, default=10_000, help="FID etc.: samples and test images")
     parser.add_argument("--pixelcnn-samples", type=int, default=500, help="the same for pixelcnn")
+    parser.add_argument("--flow-matching-samples", type=int, default=2000,
+                        help="the same for flow_matching (each sample costs NFE network passes)")
+    parser.add_argument("--flow-matching-nll-images", type=int, default=0,
+                        help="test images for flow_matching's bits/dim (only lightning-gen's model has one: an ODE "
+                        "likelihood with Hutchinson's estimator, ~100x a sample's cost per image; default 0: none)")
     parser.add_argument("--nll-images", type=int, default=10_000, help="test images for bits/dim")
     parser.add_argument("--results", type=Path, help="JSONL to append to (default "
                         f"{DEFAULT_RESULTS.relative_to(REPO)}; with --quick a temporary file)")
@@ -629,11 +695,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also write 16 samples of each trained contender to FOLDER/<family>-<contender>-seed<S>-"
                         "<M>min.npz (for docs/samples_figure.py)")
     parser.add_argument("--report", action="store_true", help="train nothing: print the table of stored results")
-    parser.add_argument("--quick", action="store_true", help="0.5 s per run, 50 samples (pixelcnn 8): a crash check")
+    parser.add_argument("--quick", action="store_true",
+                        help="0.5 s per run, 50 samples (pixelcnn and flow_matching 8): a crash check")
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.num_samples, args.pixelcnn_samples, args.nll_images = (
             QUICK_MINUTES, QUICK_SAMPLES, QUICK_PIXELCNN_SAMPLES, QUICK_NLL_IMAGES)
+        args.flow_matching_samples = QUICK_FLOW_MATCHING_SAMPLES
         if args.seeds is None and args.seed_list is None:
             args.seeds = 1
     return args
@@ -643,9 +711,20 @@ def seeds_of(family: str, args: argparse.Namespace) -> list[int]:
     return args.seed_list or list(range(args.seeds if args.seeds is not None else SEEDS_BY_FAMILY[family]))
 
 
+def check_peer_libraries(families, contender_keys) -> None:
+    """Refuse to start when a chosen peer contender's library is missing (before any budget is spent)."""
+    missing = [PEERS[f] for f in families if f in PEERS and f"peer-{PEERS[f]}" in contender_keys
+               and importlib.util.find_spec(PEERS[f]) is None]
+    if missing:
+        raise SystemExit(f"the peer contenders need {', '.join(missing)}: pip install -e '.[bench]' (the benchmarks' "
+                         f"extra), or leave them out with --contenders lightning-gen plain-A plain-B")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     families = FAMILIES if args.family == "all" else (args.family,)
+    if not args.report:
+        check_peer_libraries(families, args.contenders)
     with tempfile.TemporaryDirectory() as scratch:
         results = args.results or (Path(scratch) / "quality_at_budget.jsonl" if args.quick else DEFAULT_RESULTS)
         if not args.report:

@@ -44,9 +44,10 @@ BENCHMARKS = {
                       "interleaved (ratio)", ["--device", "cuda"]),
     "autoencoders_vs_plain": ("AE and VAE: default configs vs hand-written MLP autoencoders at the same budget "
                               "(IWAE bits/dim, FID)", []),
-    "quality_at_budget": ("AE, VAE, GAN, PixelCNN: default configs through the CLI vs the better of two plain-PyTorch "
-                          "settings at the same wall-clock budget, over seeds (FID, KID, precision/recall, bits/dim; "
-                          "results appended to benchmarks/quality_at_budget.jsonl)", []),
+    "quality_at_budget": ("AE, VAE, GAN, PixelCNN, flow matching, flow: default configs through the CLI vs the better "
+                          "of two plain-PyTorch settings (and, for the two new families, a peer library's recipe: "
+                          "torchcfm, normflows) at the same wall-clock budget, over seeds (FID, KID, precision/recall, "
+                          "bits/dim; results appended to benchmarks/quality_at_budget.jsonl)", []),
     "vqvae_vs_pixelcnn": ("VQ-VAE + PixelCNN prior (two stages) vs the pixel PixelCNN at the same total wall-clock "
                           "budget (FID, samples/s at batch 64, images trained)", []),
     "lr_sensitivity": ("default VAE and GAN: learning rate(s) x0.5, x1, x2 at the same wall-clock budget, one seed "

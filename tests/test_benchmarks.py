@@ -1,6 +1,6 @@
 """`make bench`'s runner in its quick mode: every benchmark starts, runs and prints its table (a crash
 check; the numbers of a quick run are not meaningful and are not asserted). And the arithmetic of the
-fixed-budget quality table: median, worst seed, the better of the two baselines."""
+fixed-budget quality table: median, worst seed, the better of the two baselines, the peer library's recipe."""
 
 from __future__ import annotations
 
@@ -68,6 +68,30 @@ def test_quality_table_reports_median_and_worst_seed_against_the_better_baseline
 
     only_default = [r for r in records if r["contender"] == "lightning-gen"]
     assert "no ratio" in "\n".join(family_table(only_default, "gan", 5.0, quick=False, results=tmp_path / "r.jsonl"))
+
+
+def test_quality_table_shows_the_peer_beside_the_plain_settings_with_its_own_ratio(tmp_path):
+    def record(contender: str, setting: str, fid: float, sampling: dict | None = None) -> dict:
+        r = {**_record(contender, setting, 0, fid, digest=config_digest("flow_matching")), "family": "flow_matching"}
+        if sampling is not None:  # how the samples were drawn, as run_one records it
+            r["evaluation"] = {**r["evaluation"], "sampling": sampling}
+        return r
+
+    records = [record("lightning-gen", "configs/flow_matching_fmnist.yaml", 60.0, {"solver": "heun", "nfe": 10}),
+               record("plain", "A", 100.0, {"order": "autoregressive"}),  # a protocol without NFE: no bracket
+               record("plain", "B", 80.0), record("peer", "torchcfm", 50.0, {"solver": "dopri5", "nfe": 122})]
+    text = "\n".join(family_table(records, "flow_matching", 5.0, quick=False, results=tmp_path / "r.jsonl"))
+    rows = [line.split("|")[1].strip() for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == ["contender", "lightning-gen", "plain", "plain", "peer"]  # the peer after the plain settings
+    assert "torchcfm: setting torchcfm [dopri5, NFE 122]" in text  # its solver and NFE beside its FID
+    assert "yaml [heun, NFE 10] |" in text and "| A: setting A |" in text
+    # the better plain setting is B (80): 60 / 80; the peer: 60 / 50
+    assert "the baseline: plain B" in text and "default / baseline median FID = 0.750" in text
+    assert "the peer: torchcfm's own recipe" in text and "default / peer median FID = 1.200" in text
+    assert "the peer is better" in text
+    only_plain = [r for r in records if r["contender"] != "peer"]
+    assert "peer" not in "\n".join(family_table(only_plain, "flow_matching", 5.0, quick=False,
+                                                 results=tmp_path / "r.jsonl"))
 
 
 def test_the_config_digest_follows_the_recipe_not_its_comments_or_layout(tmp_path):
