@@ -8,6 +8,8 @@ import socket
 import pytest
 import wandb_workspaces.reports.v2 as wr
 import wandb_workspaces.workspaces as ws
+import yaml
+from conftest import CONFIGS
 
 from lightning_gen.errors import LightningGenError
 from lightning_gen.report import dashboard
@@ -32,7 +34,17 @@ def panels_of(plan, kind=None):
 
 
 def test_the_default_metrics_are_the_shared_names():
-    assert SHARED_METRICS == SHARED and FAMILIES == ("ae", "vae", "gan", "pixelcnn")
+    assert SHARED_METRICS == SHARED
+    assert FAMILIES == ("ae", "vae", "gan", "pixelcnn", "vqvae", "vqvaeprior", "flow", "flowmatching")
+
+
+def test_every_fashion_mnist_config_logs_into_a_family_on_the_dashboard():
+    """The CLI gives a W&B run its model class in lower case as group (lightning_gen/cli.py); a config whose
+    family the dashboard does not list would be filtered out of every panel."""
+    families = {yaml.safe_load(path.read_text())["model"]["class_path"].rsplit(".", 1)[-1].lower()
+                for path in CONFIGS.glob("*_fmnist.yaml")}
+    assert {"flow", "flowmatching", "vae", "pixelcnn"} <= families  # the configs this test reads
+    assert families <= set(FAMILIES)
 
 
 def test_every_shared_metric_has_a_curve_over_batches_and_a_bar_per_family():
@@ -51,8 +63,8 @@ def test_every_shared_metric_has_a_curve_over_batches_and_a_bar_per_family():
 def test_runs_are_grouped_and_filtered_by_model_family():
     plan = dashboard_plan("me", "lightning-gen")
     assert plan["runs"]["group_by"] == "group"  # the W&B run group: the family (configs/logger/wandb.yaml)
-    assert plan["runs"]["families"] == ["ae", "vae", "gan", "pixelcnn"]
-    assert len(set(plan["runs"]["colors"].values())) == 4
+    assert plan["runs"]["families"] == list(FAMILIES)
+    assert len(set(plan["runs"]["colors"].values())) == len(FAMILIES) == 8
     chosen = dashboard_plan("me", "p", families=("gan", "vae", "gan"))
     assert chosen["runs"]["families"] == ["gan", "vae"] and set(chosen["runs"]["colors"]) == {"gan", "vae"}
 

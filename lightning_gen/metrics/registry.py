@@ -104,8 +104,10 @@ def _fits(template: str, name: str) -> bool:
     return len(name) > len(head) + len(tail) and name.startswith(head) and name.endswith(tail)
 
 
-# what a model's `likelihood_protocol()` records about its estimator (see models/)
-_ESTIMATOR = frozenset({"estimator", "importance_samples", "likelihood", "dequantization", "class_prior"})
+# what a model's `likelihood_protocol()` records about its estimator (see models/): flow matching's ODE adds its
+# solver, evaluations and the Hutchinson estimate's standard error; the flow's keys are among the first five
+_ESTIMATOR = frozenset({"estimator", "importance_samples", "likelihood", "dequantization", "class_prior",
+                        "solver", "likelihood_nfe", "standard_error_nats", "standard_error_bpd"})
 
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in (
     MetricSpec("fid", ("fid_{features}",), "sample", "images", "Fréchet distance of feature Gaussians", "lower",

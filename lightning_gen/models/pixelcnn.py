@@ -136,6 +136,12 @@ class PixelCNN(GenerativeModule):
                 "dequantization": "none: discrete likelihood over the 256 levels of 8-bit pixels",
                 "class_prior": "uniform" if self.num_classes else "unconditional"}
 
+    def sampling_protocol(self) -> dict:
+        """How ``sample`` draws: autoregressively, one step per pixel and channel group (compare's report)."""
+        channels, height, width = self.data_shape
+        return {"order": "autoregressive", "step": "pixel and channel group", "steps": height * width * self.net.groups,
+                "sampler": self.sampler}
+
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x = batch_images(batch)
         nll = -self.conditional_log_likelihood(x, self._labels(batch))

@@ -9,18 +9,25 @@ run folder holds (learning curves from ``metrics.csv``, the fit time from ``run.
   images. A VAE's KL term pulls its codes towards the prior, so both stay close to its sample FID;
   an AE's codes can sit anywhere, so N(0, I) and midpoints land in holes of its latent space;
 - parameter counts (trainable), sampling speed (samples/s at batch 1 and 64, or ``--speed_batch``, and with
-  each sampler of a model that has several), what each model can do (``report/claims.py: capabilities``), sample grids,
-  reconstructions and interpolations;
+  each sampler of a model that has several; at most ``--speed_seconds`` of sampling per sampler beyond one
+  image, a slow sampler's rate then measured on fewer images and said so), what each model can do and how it
+  samples (``report/claims.py: capabilities``), sample grids, reconstructions and interpolations;
+- for a model whose ``sample`` takes ``nfe`` (flow matching): FID and samples/s at each of ``--nfe_values``
+  on ``--nfe_samples`` samples (``report/nfe_curve.py``; ``--no-nfe_curve`` skips it);
+- a bits/dim table of every run with a likelihood, each with its estimator (exact, a bound, an estimate with
+  its standard error), averaged over ``--likelihood_images`` real images (default: ``--max_real``);
 - a summary that opens the report: each textbook claim (VAE blur, implicit vs explicit density, slow
-  autoregressive sampling, VAEs easy and GANs hard to train) and whether these runs confirm it, with the
-  numbers (``claim_summary``);
+  autoregressive sampling, flows' exact likelihood and one-pass sampling, flow matching's quality against its
+  sampling steps, VAEs easy and GANs hard to train) and whether these runs confirm it, with the numbers
+  (``claim_summary``);
 - seed groups: runs of one configuration that differ only in their seed are grouped, and the group shows
   the mean ± std of every metric, its number of runs and the share that failed (diverged or collapsed). The
   rule and the failure definition are in ``report/groups.py``; ``--group NAME=RUN,RUN`` names a group by hand.
 
 Every metric's protocol (features, real images, sample count, ...) must agree across runs; a run
 evaluated against other data is refused rather than put in the same column. Writes ``report.html``
-(self-contained, PNGs embedded), ``report.md`` (the table) and ``comparison.json``.
+(self-contained, PNGs embedded; a table per metric group, so many runs and metrics keep to the page's width),
+``report.md`` (the same tables) and ``comparison.json`` (every number with its full protocol).
 """
 
 from __future__ import annotations
@@ -51,8 +58,9 @@ from lightning_gen.metrics.registry import (
     supported_metrics,
 )
 from lightning_gen.models.base import has_surface
-from lightning_gen.report.claims import capabilities, sampling_speeds
+from lightning_gen.report.claims import SPEED_SECONDS, capabilities, sampling_speeds
 from lightning_gen.report.groups import assign_groups, failure_of, group_key, run_config, seed_of
+from lightning_gen.report.nfe_curve import NFE_SAMPLES, NFE_VALUES, nfe_curve, parse_nfe_values, samples_by_nfe
 
 
 @dataclass
@@ -66,7 +74,10 @@ class ComparedRun:
     parameters: int = 0
     samples_per_second: float = 0.0  # at the speed batch (64 unless told), the default sampler
     sampling: dict[str, float] = field(default_factory=dict)  # samples/s by batch size and sampler
+    sampling_notes: dict[str, str] = field(default_factory=dict)  # a rate the time cap measured on fewer images
+    sampling_protocol: dict = field(default_factory=dict)  # the model's sampling_protocol(): solver, NFE, ...
     capabilities: dict[str, str] = field(default_factory=dict)  # likelihood, encoder, ... (report/claims.py)
+    nfe_curve: dict = field(default_factory=dict)  # FID and samples/s by NFE (report/nfe_curve.py), if measured
     fit_seconds: float | None = None
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     pictures: dict[str, bytes] = field(default_factory=dict)  # kind -> PNG
@@ -99,14 +110,17 @@ def read_curves(folder: Path | None) -> dict[str, list[tuple[int, float]]]:
 
 
 class _DecodedPrior(nn.Module):
-    """decode(z) for z ~ N(0, I): what a model's latent space gives where its prior says to look."""
+    """decode(z) for z ~ N(0, I): what a model's latent space gives where its prior says to look.
+    ``latent_shape``: the shape of one code as ``encode`` gives it (default: ``(model.latent_dim,)``; a flow's
+    code is as large as its image and it has no ``latent_dim``)."""
 
-    def __init__(self, model):
+    def __init__(self, model, latent_shape: tuple[int, ...] | None = None):
         super().__init__()
         self.model, self.data_shape = model, model.data_shape
+        self.latent_shape = tuple(latent_shape) if latent_shape is not None else (model.latent_dim,)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        z = torch.randn(n, self.model.latent_dim, generator=generator, device=self.model.device)
+        z = torch.randn(n, *self.latent_shape, generator=generator, device=self.model.device)
         return self.model.decode(z)
 
 
@@ -122,6 +136,10 @@ class _DecodedMidpoints(nn.Module):
         a, b = torch.randint(len(self.images), (2, n), generator=generator, device=device).cpu()
         encode = lambda x: self.model.encode(self.model.prepare_input(x.to(self.model.device), generator))  # noqa: E731
         return self.model.decode((encode(self.images[a]) + encode(self.images[b])) / 2)
+
+
+def _evaluate(model, datamodule, settings: EvaluationSettings, metrics: list[str], device) -> list[MetricResult]:
+    return evaluate_model(model, datamodule, replace(settings, metrics=metrics), device) if metrics else []
 
 
 def _held_out(datamodule, count: int) -> Tensor:
@@ -166,18 +184,28 @@ def compare(paths: list[str], out: str | Path = "comparison",
             num_samples: int = 2000, max_real: int | None = 2000, features: str | None = None,
             features_weights: str | None = None, seed: int = 0, batch_size: int = 250,
             latent_holes: bool = True, device: str = "cpu", progress: bool = True,
-            groups: dict[str, list[str]] | None = None, speed_batch: int = 64) -> Path:
+            groups: dict[str, list[str]] | None = None, speed_batch: int = 64,
+            speed_seconds: float = SPEED_SECONDS, nfe_curve_on: bool = True,
+            nfe_values: tuple[int, ...] = NFE_VALUES, nfe_samples: int = NFE_SAMPLES,
+            likelihood_images: int | None = None) -> Path:
     """Evaluate ``paths`` (run folders or checkpoints) alike and write the report into ``out``. ``groups``:
     seed groups named by hand, name -> runs (evaluated too when not in ``paths``); the others form by rule.
-    ``speed_batch``: sampling speed is measured at batch 1 and at this batch (a PixelCNN's reference sampler
-    makes 784 full passes at each: a smaller batch shortens the comparison)."""
-    check_range(at_least=1, speed_batch=speed_batch)
+    ``speed_batch``: sampling speed is measured at batch 1 and at this batch, with at most ``speed_seconds``
+    of sampling per sampler beyond its first image (``sampling_speeds``). ``nfe_curve_on``: for models whose
+    ``sample`` takes ``nfe``, FID of ``nfe_samples`` samples and samples/s at each of ``nfe_values``.
+    ``likelihood_images``: real images of the likelihood metrics (None: ``max_real``)."""
+    check_range(at_least=1, speed_batch=speed_batch, nfe_samples=nfe_samples, likelihood_images=likelihood_images)
+    check_range(above=0, speed_seconds=speed_seconds)
+    nfe_values = parse_nfe_values(",".join(map(str, nfe_values)))
     if len(paths) + sum(len(members) for members in (groups or {}).values()) < 1:
         raise LightningGenError("compare needs at least one run folder or checkpoint")
     wanted = parse_metric_names(metrics)
     settings = EvaluationSettings(metrics=wanted, num_samples=num_samples, max_real=max_real, features=features,
                                   features_weights=features_weights, seed=seed, batch_size=batch_size,
                                   progress=progress)
+    # likelihood metrics average over their own number of real images: an ODE likelihood costs about a hundred
+    # samples' worth per image (flow matching), so a comparison may score fewer than it draws features for
+    likelihood_settings = replace(settings, max_real=likelihood_images or max_real)
     torch_device = torch.device(device)
     runs = []
     unique = {resolve_run(p)[0].resolve(): p for p in [*paths, *(p for ps in (groups or {}).values() for p in ps)]}
@@ -192,28 +220,38 @@ def compare(paths: list[str], out: str | Path = "comparison",
         if not finite:  # its samples would be NaN: nothing to score, and the run counts as diverged
             run.failure = "diverged: non-finite weights in the checkpoint"
         supported = supported_metrics(model, wanted) if finite else []
+        likelihoods = [name for name in supported if METRICS[name].needs != "sample"]  # need no samples
         try:
-            run.results = evaluate_model(model, datamodule, replace(settings, metrics=supported), torch_device) \
-                if supported else []
+            run.results = _evaluate(model, datamodule, settings, [m for m in supported if m not in likelihoods],
+                                    torch_device) + _evaluate(model, datamodule, likelihood_settings, likelihoods,
+                                                              torch_device)
         except NonFiniteSamplesError as error:  # NaN samples from finite weights: counted as diverged
             run.failure = f"diverged: {error}"
-            likelihoods = [name for name in supported if METRICS[name].needs != "sample"]  # need no samples
-            run.results = evaluate_model(model, datamodule, replace(settings, metrics=likelihoods), torch_device) \
-                if likelihoods else []
+            run.results = _evaluate(model, datamodule, likelihood_settings, likelihoods, torch_device)
         if not run.failure and latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
             fid_only = replace(settings, metrics=["fid"])
             try:
-                prior = evaluate_model(_DecodedPrior(model), datamodule, fid_only, torch_device)[0]
                 held_out = _held_out(datamodule, max_real or 2000)
+                with torch.no_grad():
+                    code = model.encode(model.prepare_input(held_out[:1].to(torch_device)))  # (1, *latent shape)
+                prior = evaluate_model(_DecodedPrior(model, code.shape[1:]), datamodule, fid_only, torch_device)[0]
                 midpoints = evaluate_model(_DecodedMidpoints(model, held_out), datamodule, fid_only, torch_device)[0]
                 run.latent_holes = [replace(prior, name=f"prior_{prior.name}"),
                                     replace(midpoints, name=f"midpoint_{midpoints.name}")]
             except NonFiniteSamplesError as error:
                 run.failure = f"diverged: decoded latents: {error}"
         run.parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        run.sampling = sampling_speeds(model, seed, batches=(1, speed_batch))
+        speeds = sampling_speeds(model, seed, batches=(1, speed_batch), max_seconds=speed_seconds)
+        run.sampling, run.sampling_notes = speeds.rates, speeds.notes
         run.samples_per_second = run.sampling[f"batch {speed_batch}"]
+        if has_surface(model, "sampling_protocol"):
+            run.sampling_protocol = model.sampling_protocol()
         run.capabilities = capabilities(model)
+        if not run.failure and nfe_curve_on and samples_by_nfe(model):
+            try:
+                run.nfe_curve = nfe_curve(model, datamodule, settings, nfe_values, nfe_samples, torch_device)
+            except NonFiniteSamplesError as error:  # e.g. NFE 1 of a diverged field: the curve is left out
+                run.failure = f"diverged: NFE curve: {error}"
         run.fit_seconds = loaded.record.get("fit_seconds")
         run.curves = read_curves(run.folder)
         run.failure = failure_of(run, loaded.record)
@@ -250,6 +288,9 @@ def main(argv: list[str]) -> None:
                         help="metrics for every run; likelihood metrics only where the model has one")
     parser.add_argument("--num_samples", type=int, default=2000, help="generated samples per sample metric")
     parser.add_argument("--max_real", type=int, default=2000, help="real test images (0: the whole split)")
+    parser.add_argument("--likelihood_images", type=int, default=None,
+                        help="real images the likelihood metrics average over (default: --max_real); flow "
+                             "matching's ODE likelihood costs ~100 samples' worth per image")
     parser.add_argument("--features", default=None, help="feature extractor (default by data shape)")
     parser.add_argument("--features_weights", default=None, help="weights file of the feature extractor")
     parser.add_argument("--seed", type=int, default=0)
@@ -257,6 +298,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--speed_batch", type=int, default=64,
                         help="sampling speed at batch 1 and at this batch (the table's samples/s)")
+    parser.add_argument("--speed_seconds", type=float, default=SPEED_SECONDS,
+                        help="sampling time per sampler for the speed measurement, beyond its first image; a "
+                             "slower sampler's rate is measured on as many images as fit, and says so")
+    parser.add_argument("--nfe_curve", action=argparse.BooleanOptionalAction, default=True,
+                        help="for models that sample with a number of function evaluations (flow matching): FID "
+                             "and samples/s at each of --nfe_values (cost: nfe_samples x sum of the NFEs)")
+    parser.add_argument("--nfe_values", type=parse_nfe_values, default=NFE_VALUES, metavar="N,N,...",
+                        help="NFEs of the curve (the model's default is added), e.g. 1,2,5,10,20,50")
+    parser.add_argument("--nfe_samples", type=int, default=NFE_SAMPLES,
+                        help="samples per NFE of the curve (its FIDs compare with each other, not the table's)")
     args = parser.parse_args(argv)
     if not args.runs and not args.group:
         parser.error("give at least one run folder or checkpoint (or a --group)")
@@ -265,6 +316,8 @@ def main(argv: list[str]) -> None:
         parser.error("each --group needs its own NAME")
     folder = compare(args.runs, args.out, args.metrics, args.num_samples, args.max_real or None, args.features,
                      args.features_weights, args.seed, latent_holes=not args.no_latent_holes, device=args.device,
-                     groups=groups, speed_batch=args.speed_batch)
+                     groups=groups, speed_batch=args.speed_batch, speed_seconds=args.speed_seconds,
+                     nfe_curve_on=args.nfe_curve, nfe_values=args.nfe_values, nfe_samples=args.nfe_samples,
+                     likelihood_images=args.likelihood_images)
     print(f"report: {folder / 'report.html'} (table: {folder / 'report.md'})")
 

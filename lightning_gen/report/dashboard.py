@@ -2,7 +2,8 @@
 and report that compare the model families on the shared metrics.
 
 Runs are compared by their W&B run group, which is the model family (``ae``, ``vae``, ``gan``,
-``pixelcnn``; see configs/logger/wandb.yaml). ``dashboard_plan`` describes everything as plain data
+``pixelcnn``, ``vqvae``, ``vqvaeprior``, ``flow``, ``flowmatching``: the model's class name in lower case; see
+configs/logger/wandb.yaml). ``dashboard_plan`` describes everything as plain data
 (sections, panels, the logged keys each panel shows); ``build_dashboard`` turns the plan into
 wandb-workspaces objects without touching the network; ``main`` saves them and prints their URLs, or,
 offline (``--dry-run``, ``WANDB_MODE=offline``, or no API key), prints the plan and creates nothing.
@@ -24,7 +25,8 @@ from urllib.parse import urlsplit
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.registry import METRICS, spec_of
 
-FAMILIES = ("ae", "vae", "gan", "pixelcnn")
+# the W&B groups of the Fashion-MNIST configs' runs: their model class names in lower case (lightning_gen/cli.py)
+FAMILIES = ("ae", "vae", "gan", "pixelcnn", "vqvae", "vqvaeprior", "flow", "flowmatching")
 FEATURES = "fmnist_clf"  # every family's config trains on Fashion-MNIST, scored in its classifier's features
 
 
@@ -45,8 +47,10 @@ TITLE = "lightning-gen: model families on the shared metrics"
 _SECTIONS = {  # section name -> what a reader needs to know to read its panels
     "Sample quality": "Generated samples against real validation images, in the features of the Fashion-MNIST "
                       "classifier (fmnist_clf); every model is scored the same way, GANs included.",
-    "Likelihood": "Negative log-likelihood in bits per dimension: exact for PixelCNN, the IWAE bound for the VAE. "
-                  "AEs and GANs define no likelihood and log none, so they are absent here.",
+    "Likelihood": "Negative log-likelihood in bits per dimension: exact for PixelCNN, the IWAE bound for the VAE, "
+                  "exact change of variables for the flow (of dequantised images: an upper bound on the 8-bit "
+                  "data's). AEs and GANs define no likelihood and log none; flow matching's ODE estimate is a test-"
+                  "time number (test/nll_bpd), so they are absent here.",
     "More metrics": "Further logged values asked for with --metrics.",
     "Training time": "Wall-clock seconds as W&B records them (_runtime: since the run started, evaluation included).",
     "Pictures": "The grids PictureLogger logs every validation epoch: samples (every model); reconstructions and "
