@@ -120,6 +120,7 @@ import lightning_gen
 from lightning_gen.cli import LightningGenCLI
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.metrics import EvaluationSettings, evaluate_model
+from lightning_gen.metrics.finite import NonFiniteSamplesError
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS = REPO / "benchmarks" / "quality_at_budget.jsonl"
@@ -734,7 +735,11 @@ def main(argv: list[str] | None = None) -> None:
                     for contender in contenders(family, args.quick, tuple(args.override)):
                         if contender.key not in args.contenders:
                             continue
-                        record = run_one(family, contender, seed, args)
+                        try:
+                            record = run_one(family, contender, seed, args)
+                        except NonFiniteSamplesError as error:  # a contender that diverged: said, not scored
+                            print(f"{family} seed {seed} {contender.key}: not scored: {error}", file=sys.stderr)
+                            continue
                         if torch.get_num_threads() != threads:
                             print(f"warning: torch threads changed from {threads} to {torch.get_num_threads()}",
                                   file=sys.stderr)
