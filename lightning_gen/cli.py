@@ -59,7 +59,8 @@ class LightningGenCLI(LightningCLI):
             parser_class=ConciseArgumentParser,
             parser_kwargs=kwargs.pop("parser_kwargs", None) or {
                 "prog": "python -m lightning_gen",
-                "description": "Train, evaluate and compare generative models (AE, VAE, GAN, PixelCNN).",
+                "description": "Train, evaluate and compare generative models (AE, VAE, GAN, PixelCNN, VQ-VAE, flow "
+                               "matching, normalizing flows).",
                 "epilog": "Commands on finished runs (no config needed): `compare RUN_OR_CKPT ...` (an offline "
                           "HTML/Markdown report) and `dashboard --entity E` (a W&B workspace and report); "
                           "`evaluate --samples NPZ_OR_PNG_FOLDER --data CONFIG` scores images from anywhere; "
