@@ -149,6 +149,15 @@ class GenerativeModule(pl.LightningModule):
             raise ConfigValueError(f"the model is conditioned on {wanted} classes but the data has "
                                    f"{data_classes}; set model.init_args.num_classes: {data_classes}")
 
+    def batch_labels(self, batch) -> Tensor | None:
+        """The labels ``[N]`` of an ``(images, labels)`` batch for a class-conditional model (``num_classes``
+        set), else None; a conditional model given images alone is a ``ConfigValueError``."""
+        if getattr(self, "num_classes", None) is None:
+            return None
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ConfigValueError(f"a class-conditional {type(self).__name__} needs (images, labels) batches")
+        return batch[1]
+
     def guard_finite(self, gradient_terms: dict[str, Tensor] | None = None, **losses: Tensor) -> None:
         """Stop training with a clear message on a non-finite loss, before it reaches the weights.
 

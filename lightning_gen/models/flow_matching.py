@@ -245,15 +245,8 @@ class FlowMatching(GenerativeModule):
         return protocol
 
     # --- training and evaluation ---------------------------------------------------------------------
-    def _labels(self, batch) -> Tensor | None:
-        if self.num_classes is None:
-            return None
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ConfigValueError("a class-conditional flow needs (images, labels) batches")
-        return batch[1]
-
     def training_step(self, batch, batch_idx: int) -> Tensor:
-        loss = self.objective(self.net, batch_images(batch), self._labels(batch), self.training_rng).mean()
+        loss = self.objective(self.net, batch_images(batch), self.batch_labels(batch), self.training_rng).mean()
         self.guard_finite(loss=loss)
         if self.logging_this_batch():
             self.log("train/loss", loss, prog_bar=True)
@@ -262,7 +255,7 @@ class FlowMatching(GenerativeModule):
     def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
         # held-out noise seeded by the batch: the same checkpoint gives the same numbers
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        images, labels = batch_images(batch), self._labels(batch)
+        images, labels = batch_images(batch), self.batch_labels(batch)
         loss = self.objective(self.ema_net, images, labels, generator).mean()  # the weights that sample
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True)
         if stage == "test" and self.test_likelihood:

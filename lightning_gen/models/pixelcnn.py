@@ -107,13 +107,6 @@ class PixelCNN(GenerativeModule):
         self.check_data_classes()
 
     # --- likelihood ------------------------------------------------------------------------------------
-    def _labels(self, batch) -> Tensor | None:
-        if self.num_classes is None:
-            return None
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ConfigValueError("a class-conditional PixelCNN needs (images, labels) batches")
-        return batch[1]
-
     def conditional_log_likelihood(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
         """log p(x | labels) = sum_t log p(x_t | x_<t, labels): ``[N]`` nats, differentiable."""
         return self.distribution.log_prob(self.net(x.contiguous(memory_format=self.memory_format), labels), x)
@@ -144,7 +137,7 @@ class PixelCNN(GenerativeModule):
 
     def training_step(self, batch, batch_idx: int) -> Tensor:
         x = batch_images(batch)
-        nll = -self.conditional_log_likelihood(x, self._labels(batch))
+        nll = -self.conditional_log_likelihood(x, self.batch_labels(batch))
         loss = nll.mean()
         self.guard_finite(loss=loss)
         if self.logging_this_batch():
@@ -154,7 +147,7 @@ class PixelCNN(GenerativeModule):
 
     def _evaluate(self, batch, stage: str) -> None:
         x = batch_images(batch)
-        nll = -self.conditional_log_likelihood(x, self._labels(batch))
+        nll = -self.conditional_log_likelihood(x, self.batch_labels(batch))
         self.log(f"{stage}/nll", nll.mean(), sync_dist=True)
         self.log(f"{stage}/nll_bpd", nats_to_bits_per_dim(nll, self.num_dims).mean(), prog_bar=stage == "val",
                  sync_dist=True)
@@ -169,7 +162,7 @@ class PixelCNN(GenerativeModule):
         """Each image's exact -log p(x) of the predict split (the test set): ``nll`` ``[N]`` nats and
         ``nll_bpd`` ``[N]`` bits/dim (given its label for a class-conditional model, as in ``test``)."""
         x = batch_images(batch)
-        nll = -self.conditional_log_likelihood(x, self._labels(batch))
+        nll = -self.conditional_log_likelihood(x, self.batch_labels(batch))
         return {"nll": nll, "nll_bpd": nats_to_bits_per_dim(nll, self.num_dims)}
 
     # --- sampling --------------------------------------------------------------------------------------
