@@ -15,8 +15,10 @@ import pytest
 import yaml
 from conftest import CONFIGS, REPO
 
-FAMILIES = ["ae_fmnist", "vae_fmnist", "gan_fmnist", "pixelcnn_fmnist"]
-SMALL = {"pixelcnn_fmnist": ["--model.init_args.hidden", "12", "--model.init_args.layers", "2"]}
+FAMILIES = ["ae_fmnist", "vae_fmnist", "gan_fmnist", "pixelcnn_fmnist", "flow_matching_fmnist", "flow_fmnist"]
+SMALL = {"pixelcnn_fmnist": ["--model.init_args.hidden", "12", "--model.init_args.layers", "2"],
+         "flow_matching_fmnist": ["--model.init_args.base_width", "8", "--model.init_args.nfe", "2"],
+         "flow_fmnist": ["--model.init_args.hidden", "16", "--model.init_args.steps_per_level", "2"]}
 
 
 def _small_config(name: str, folder: Path) -> Path:

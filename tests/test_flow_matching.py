@@ -82,6 +82,32 @@ def test_loss_on_a_fixed_batch_equals_the_hand_computation():
     torch.testing.assert_close(loss, expected)
 
 
+class _TimeRecorder(torch.nn.Module):
+    """v = 0, remembering the times it was asked about."""
+
+    def forward(self, x, t, labels=None):
+        self.times = t.clone()
+        return torch.zeros_like(x)
+
+
+def test_logit_normal_times_are_the_sigmoid_of_a_standard_normal_and_uniform_times_are_not():
+    recorder, x1 = _TimeRecorder(), torch.zeros(20_000, 1)
+    flow_matching_loss(recorder, x1, None, torch.Generator().manual_seed(0), "logit_normal")
+    logits = torch.logit(recorder.times.double())
+    # sigmoid(n), n ~ N(0, 1): the logits have mean 0 and standard deviation 1 (SE ~0.007 at 20,000 draws)
+    assert abs(logits.mean()) < 0.03 and abs(logits.std() - 1) < 0.03
+    assert abs((recorder.times.sub(0.5).abs() < 0.2311).double().mean() - 0.6827) < 0.015  # |n| < 1: 68.27%
+    flow_matching_loss(recorder, x1, None, torch.Generator().manual_seed(0), "uniform")  # the control
+    assert abs((recorder.times.sub(0.5).abs() < 0.2311).double().mean() - 0.4622) < 0.015  # an interval's length
+
+
+def test_an_unknown_time_distribution_is_refused_with_the_choices():
+    with pytest.raises(ConfigValueError, match="uniform, logit_normal"):
+        RectifiedFlowLoss(time_distribution="beta")
+    with pytest.raises(ConfigValueError, match="time_distribution"):
+        FlowMatching(data_shape=(1, 8, 8), time_distribution="lognormal", **TINY)
+
+
 def test_the_true_velocity_of_a_point_mass_has_zero_loss_and_others_do_not():
     # data all at x1 = c: along x_t = (1 - t) x0 + t c the velocity c - x0 = (c - x_t) / (1 - t)
     c = torch.tensor([[0.7, -0.2]])

@@ -17,6 +17,12 @@ so learning rates do not depend on the image size.
 
 Class-conditional nets get labels y, replaced by the null label with probability ``label_dropout``, so
 one network learns v(x, t | y) and the unconditional v(x, t | null) for classifier-free guidance.
+
+The times need not be uniform: any density on (0, 1) with full support keeps the same minimiser v*
+(it reweights the regression over t, not its target). ``logit_normal`` draws t = sigmoid(m + s n),
+n ~ N(0, 1) (Esser et al. 2024, "Scaling Rectified Flow Transformers", sec. 3.1: the best of their
+time samplers), which spends the training steps on the middle of the path, where the velocity is
+hardest to predict, rather than near t = 0 (the mean image) and t = 1 (the data point itself).
 """
 
 from __future__ import annotations
@@ -40,10 +46,28 @@ def drop_labels(labels: Tensor, probability: float, null_label: int, generator: 
     return torch.where(dropped, torch.full_like(labels, null_label), labels)
 
 
-def flow_matching_loss(net: nn.Module, x1: Tensor, labels: Tensor | None, generator: torch.Generator) -> Tensor:
+TIME_DISTRIBUTIONS = ("uniform", "logit_normal")
+
+
+def check_time_distribution(name: str) -> None:
+    if name not in TIME_DISTRIBUTIONS:
+        raise ConfigValueError(f"time_distribution must be one of {', '.join(TIME_DISTRIBUTIONS)}, got {name!r}")
+
+
+def draw_times(n: int, distribution: str, generator: torch.Generator, device, dtype) -> Tensor:
+    """``[n]`` times in (0, 1): U[0, 1), or sigmoid(N(0, 1)) for ``logit_normal``."""
+    check_time_distribution(distribution)
+    if distribution == "uniform":
+        return torch.rand(n, generator=generator, device=device, dtype=dtype)
+    return torch.sigmoid(torch.randn(n, generator=generator, device=device, dtype=dtype))
+
+
+def flow_matching_loss(net: nn.Module, x1: Tensor, labels: Tensor | None, generator: torch.Generator,
+                       time_distribution: str = "uniform") -> Tensor:
     """``[N]``: || v(x_t, t, y) - (x1 - x0) ||^2 / D per point, for data ``x1`` ``[N, ...]`` (already in the
-    model's space), t ~ U[0, 1) then x0 ~ N(0, I), both drawn from ``generator`` in that order."""
-    t = torch.rand(len(x1), generator=generator, device=x1.device, dtype=x1.dtype)  # (N,)
+    model's space), t from ``time_distribution`` then x0 ~ N(0, I), both drawn from ``generator`` in that
+    order."""
+    t = draw_times(len(x1), time_distribution, generator, x1.device, x1.dtype)  # (N,)
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device, dtype=x1.dtype)  # (N, ...)
     target = x1 - x0  # (N, ...) the path's velocity
     prediction = net(interpolate(x0, x1, t), t, labels)  # (N, ...)
@@ -63,18 +87,22 @@ class RectifiedFlowLoss:
         num_classes: the classes of a conditional net (its null label is ``num_classes``); None:
             unconditional, labels are ignored.
         dequantize: add uniform dequantisation noise before scaling.
+        time_distribution: how t is drawn: "uniform" or "logit_normal" (see the module's docstring).
 
     Random draws, all from ``generator``, in this order: dequantisation noise ``[N, C, H, W]``, label
     dropout ``[N]`` (conditional with ``label_dropout > 0`` only), times ``[N]``, noise ``[N, C, H, W]``.
     """
 
-    def __init__(self, label_dropout: float = 0.0, num_classes: int | None = None, dequantize: bool = True):
+    def __init__(self, label_dropout: float = 0.0, num_classes: int | None = None, dequantize: bool = True,
+                 time_distribution: str = "uniform"):
         check_range(at_least=0, below=1, label_dropout=label_dropout)
+        check_time_distribution(time_distribution)
         check_range(at_least=1, num_classes=num_classes)
         if label_dropout > 0 and num_classes is None:
             raise ConfigValueError(f"label_dropout ({label_dropout}) applies to class-conditional models; "
                                    "set num_classes or label_dropout: 0")
         self.label_dropout, self.num_classes, self.dequantize = label_dropout, num_classes, dequantize
+        self.time_distribution = time_distribution
 
     def data_to_x1(self, images: Tensor, generator: torch.Generator | None) -> Tensor:
         """images in [0, 1] -> x1 in [-1, 1) (dequantised when ``dequantize``)."""
@@ -87,4 +115,4 @@ class RectifiedFlowLoss:
             labels = None
         elif labels is not None and self.label_dropout > 0:
             labels = drop_labels(labels, self.label_dropout, self.num_classes, generator)
-        return flow_matching_loss(net, x1, labels, generator)
+        return flow_matching_loss(net, x1, labels, generator, self.time_distribution)

@@ -48,6 +48,7 @@ class FlowMatching(GenerativeModule):
             DataModule's. ``sample`` draws the classes uniformly unless given ``labels``.
         label_dropout: probability of training on the null label instead of the class (conditional models
             only; must be > 0 there: guidance and ``log_likelihood`` use the unconditional field).
+        time_distribution: how training draws t: "uniform" or "logit_normal" (``losses/flow_matching.py``).
         guidance_scale: w of classifier-free guidance (1: plain conditional; 0: unconditional; > 1: guided,
             two network passes per evaluation).
         sampler: ODE solver of ``sample`` and ``log_likelihood``: "euler", "heun" or "dopri5".
@@ -74,6 +75,7 @@ class FlowMatching(GenerativeModule):
         attention: bool = False,
         num_classes: int | None = None,
         label_dropout: float = 0.1,
+        time_distribution: str = "uniform",
         guidance_scale: float = 1.0,
         sampler: str = "heun",
         nfe: int = 20,
@@ -101,7 +103,8 @@ class FlowMatching(GenerativeModule):
                                        attention, num_classes)
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-        self.objective = RectifiedFlowLoss(label_dropout if num_classes is not None else 0.0, num_classes)
+        self.objective = RectifiedFlowLoss(label_dropout if num_classes is not None else 0.0, num_classes,
+                                           time_distribution=time_distribution)
         self.num_classes, self.guidance_scale, self.ema_decay = num_classes, guidance_scale, ema_decay
         self.sampler, self.nfe, self.ode_tolerance = sampler, nfe, ode_tolerance
         self.likelihood_nfe, self.hutchinson_probes = likelihood_nfe, hutchinson_probes
