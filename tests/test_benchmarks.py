@@ -66,8 +66,20 @@ def test_quality_table_reports_median_and_worst_seed_against_the_better_baseline
     # B has the lower median FID (130 < 160), so it is the baseline: 120 / 130
     assert "the baseline: plain B" in text and "median FID = 0.923" in text
 
+    assert "| 300.0 (2) | n/a |" in rows[default]  # no seed measured Inception FID
+
     only_default = [r for r in records if r["contender"] == "lightning-gen"]
     assert "no ratio" in "\n".join(family_table(only_default, "gan", 5.0, quick=False, results=tmp_path / "r.jsonl"))
+
+
+def test_quality_table_gives_the_median_inception_fid_of_the_seeds_that_measured_it_with_its_n(tmp_path):
+    default = "configs/gan_fmnist.yaml"
+    records = [_record("lightning-gen", default, seed, fid) for seed, fid in enumerate((100.0, 120.0, 300.0))]
+    for record, inception in zip(records, (40.0, 80.0)):  # seed 2 measured fmnist_clf only
+        record["metrics"]["fid_inception"] = inception
+        record["evaluation"] = {**record["evaluation"], "inception_samples": 1000}
+    text = "\n".join(family_table(records, "gan", 5.0, quick=False, results=tmp_path / "r.jsonl"))
+    assert "| 300.0 (2) | 60.0 (1,000) | 1 |" in text  # median of 40 and 80, then KID (1.0)
 
 
 def test_quality_table_shows_the_peer_beside_the_plain_settings_with_its_own_ratio(tmp_path):
