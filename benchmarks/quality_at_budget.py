@@ -162,15 +162,20 @@ def max_time(seconds: float) -> str:
 
 
 def train_default(family: str, seconds: float, seed: int, quick: bool = False,
-                  overrides: tuple[str, ...] = ()) -> Trained:
+                  overrides: tuple[str, ...] = (), keep_runs: Path | None = None) -> Trained:
+    """The family's config through the CLI, in a temporary folder, or with ``keep_runs`` in
+    ``keep_runs/<family>-seed<S>-<M>min`` (its ``runs/`` folder and checkpoints, for ``compare``)."""
     started = time.perf_counter()
     clock = StopAfter(seconds, started=started)
     args = ["fit", "--config", str(REPO / "configs" / f"{family}_fmnist.yaml"), f"--seed_everything={seed}",
             "--trainer.max_epochs=-1", f"--trainer.max_time={max_time(seconds)}", "--trainer.enable_progress_bar=false",
             *(["--trainer.limit_val_batches=0"] if quick else []), *(f"--{option}" for option in overrides)]
     # the CLI's run summary goes to stderr: stdout is this benchmark's table
-    with tempfile.TemporaryDirectory() as folder, contextlib.chdir(folder), contextlib.redirect_stdout(sys.stderr), \
-            warnings.catch_warnings():
+    if keep_runs is not None:
+        kept = Path(keep_runs) / f"{family}-seed{seed}-{seconds / 60:g}min"
+        kept.mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(kept) if keep_runs is not None else tempfile.TemporaryDirectory()) as folder, \
+            contextlib.chdir(folder), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours, not the CLI's
         cli = LightningGenCLI(args=args, trainer_defaults={"callbacks": [clock]})
     evaluation = sum(callback.seconds_spent for callback in cli.trainer.callbacks if hasattr(callback, "seconds_spent"))
@@ -403,7 +408,8 @@ def train_plain_pixelcnn(width: int, b_layers: int, seconds: float, seed: int) -
     return Trained(model, images, train_seconds, time.perf_counter() - started)
 
 
-def contenders(family: str, quick: bool, overrides: tuple[str, ...] = ()) -> list[Contender]:
+def contenders(family: str, quick: bool, overrides: tuple[str, ...] = (), keep_runs: Path | None = None
+               ) -> list[Contender]:
     """lightning-gen's default config (with ``overrides``, command-line options without their leading
     dashes, for an ablation), then the two plain settings, then the peer library's recipe where there is one."""
     plain = {
@@ -435,7 +441,8 @@ def contenders(family: str, quick: bool, overrides: tuple[str, ...] = ()) -> lis
     setting = " ".join([f"configs/{family}_fmnist.yaml", *overrides])
     default = Contender("lightning-gen", setting,
                         "the default config through the CLI" + " with changes" * bool(overrides),
-                        functools.partial(train_default, family, quick=quick, overrides=tuple(overrides)))
+                        functools.partial(train_default, family, quick=quick, overrides=tuple(overrides),
+                                          keep_runs=keep_runs))
     return [default, *(Contender("plain", setting, description, train) for setting, description, train in plain),
             *([Contender("peer", PEERS[family], *peer)] if peer else [])]
 
@@ -714,6 +721,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inception-samples", type=int, default=0, metavar="N",
                         help="also FID in Inception-v3 features (fid_inception), N samples vs N test images "
                         "(default 0: none; ~5 images/s on a 2-core CPU, the test images' statistics cached)")
+    parser.add_argument("--keep-runs", type=Path, metavar="FOLDER",
+                        help="lightning-gen's runs (checkpoints, logs) kept in FOLDER/<family>-seed<S>-<M>min, "
+                        "for compare (default: a temporary folder, deleted)")
     parser.add_argument("--save-samples-count", type=int, default=16, metavar="N",
                         help="samples written by --save-samples (default 16)")
     parser.add_argument("--report", action="store_true", help="train nothing: print the table of stored results")
@@ -753,7 +763,7 @@ def main(argv: list[str] | None = None) -> None:
             threads = torch.get_num_threads()
             for family in families:
                 for seed in seeds_of(family, args):
-                    for contender in contenders(family, args.quick, tuple(args.override)):
+                    for contender in contenders(family, args.quick, tuple(args.override), args.keep_runs):
                         if contender.key not in args.contenders:
                             continue
                         try:
