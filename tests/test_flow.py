@@ -60,6 +60,8 @@ FLOWS = {
     "flow-channel": lambda: MultiScaleFlow((2, 4, 4), levels=2, steps_per_level=2, hidden=6, coupling="channel"),
     "flow-checkerboard": lambda: MultiScaleFlow((1, 4, 4), levels=2, steps_per_level=2, hidden=6,
                                                 coupling="checkerboard"),
+    "flow-fixed-split-prior": lambda: MultiScaleFlow((2, 4, 4), levels=2, steps_per_level=2, hidden=6,
+                                                     split_prior=False),
 }
 
 

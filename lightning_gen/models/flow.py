@@ -71,6 +71,8 @@ class Flow(GenerativeModule):
         steps_per_level: flow steps K per level, each (ActNorm, invertible 1x1 conv, affine coupling).
         hidden: width of the coupling networks.
         coupling: "channel" (Glow's channel split) or "checkerboard" (RealNVP's spatial mask).
+        split_prior: each factored-out part gets Glow's learned Gaussian prior given the part that continues
+            (False: a fixed N(0, I), RealNVP's; its samples come out in fragments).
         dequantization: "uniform": y = (k + u) / 256, u ~ U[0, 1) (a lower bound on the discrete likelihood).
         temperature: default sampling temperature T: latents z ~ N(0, T^2 I); 0 gives the image of z = 0.
         optimizer: the optimizer (default: Adam with its defaults).
@@ -84,6 +86,7 @@ class Flow(GenerativeModule):
         steps_per_level: int = 4,
         hidden: int = 64,
         coupling: str = "channel",
+        split_prior: bool = True,
         dequantization: str = "uniform",
         temperature: float = 1.0,
         optimizer: OptimizerCallable = torch.optim.Adam,
@@ -97,7 +100,7 @@ class Flow(GenerativeModule):
             raise ConfigValueError(f"unknown dequantization {dequantization!r}; choose one of {DEQUANTIZATIONS}")
         check_range(at_least=0, temperature=temperature)
         self.data_shape = check_image_shape(tuple(data_shape), multiple_of=1)
-        self.flow = MultiScaleFlow(self.data_shape, levels, steps_per_level, hidden, coupling)
+        self.flow = MultiScaleFlow(self.data_shape, levels, steps_per_level, hidden, coupling, split_prior)
         self.temperature = temperature
         self.optimizer_factory = optimizer
         self.compile_networks = compile

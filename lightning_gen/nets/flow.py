@@ -3,8 +3,9 @@
     x [N, C, H, W] -> z [N, D],  D = C * H * W,   log p(x) = log N(z; 0, I) + sum of the layers' logdets
 
 L levels; each level squeezes (2x2 space to depth), runs K steps of (ActNorm, InvertibleConv1x1,
-AffineCoupling), and all but the last factor out half of their channels as latents: those parts go straight
-to the Gaussian prior and the rest continue at the next, coarser level. For Fashion-MNIST with 2 levels:
+AffineCoupling), and all but the last factor out half of their channels as latents: those parts go to the
+prior (with ``split_prior``, Glow's learned Gaussian given the half that continues, ``SplitPrior``; else
+straight to N(0, I)) and the rest continue at the next, coarser level. For Fashion-MNIST with 2 levels:
 
     1x28x28 -> squeeze 4x14x14 -> K steps -> factor out 2x14x14 -> squeeze 8x7x7 -> K steps -> 8x7x7
 
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gen.errors import ConfigValueError, check_range
-from lightning_gen.nets.flow_layers import ActNorm, AffineCoupling, InvertibleConv1x1, Squeeze
+from lightning_gen.nets.flow_layers import ActNorm, AffineCoupling, InvertibleConv1x1, SplitPrior, Squeeze
 
 
 class MultiScaleFlow(nn.Module):
@@ -29,10 +30,12 @@ class MultiScaleFlow(nn.Module):
         steps_per_level: flow steps K per level.
         hidden: width of the coupling networks.
         coupling: "channel" (Glow) or "checkerboard" (RealNVP) coupling masks.
+        split_prior: a learned Gaussian prior of each factored-out part given the part that continues (Glow);
+            False: a fixed N(0, I) (RealNVP).
     """
 
     def __init__(self, data_shape: tuple[int, int, int], levels: int = 2, steps_per_level: int = 4,
-                 hidden: int = 64, coupling: str = "channel"):
+                 hidden: int = 64, coupling: str = "channel", split_prior: bool = True):
         super().__init__()
         check_range(at_least=1, levels=levels, steps_per_level=steps_per_level, hidden=hidden)
         channels, height, width = data_shape
@@ -44,6 +47,7 @@ class MultiScaleFlow(nn.Module):
             )
         self.data_shape = (channels, height, width)
         self.levels = nn.ModuleList()
+        self.split_priors = nn.ModuleList()  # one per factoring level, when split_prior
         self.latent_shapes: list[tuple[int, int, int]] = []  # of each factored-out part, then of the last output
         for level in range(levels):
             channels, height, width = 4 * channels, height // 2, width // 2
@@ -54,6 +58,8 @@ class MultiScaleFlow(nn.Module):
             self.levels.append(nn.ModuleList(layers))
             if level < levels - 1:
                 self.latent_shapes.append((channels - channels // 2, height, width))
+                if split_prior:
+                    self.split_priors.append(SplitPrior(channels // 2, channels - channels // 2))
                 channels //= 2
         self.latent_shapes.append((channels, height, width))
         self.latent_sizes = [c * h * w for c, h, w in self.latent_shapes]
@@ -81,8 +87,11 @@ class MultiScaleFlow(nn.Module):
                 logdet = logdet + layer_logdet
             if index < len(self.levels) - 1:
                 keep = h.shape[1] // 2
-                latents.append(h[:, keep:].flatten(1))  # (N, C_l - keep, H_l, W_l) -> flat
-                h = h[:, :keep]
+                factored, h = h[:, keep:], h[:, :keep]  # (N, C_l - keep, H_l, W_l), (N, keep, H_l, W_l)
+                if self.split_priors:
+                    factored, prior_logdet = self.split_priors[index](h, factored)
+                    logdet = logdet + prior_logdet
+                latents.append(factored.flatten(1))
         latents.append(h.flatten(1))
         return torch.cat(latents, 1), logdet  # (N, D), (N,)
 
@@ -103,6 +112,8 @@ class MultiScaleFlow(nn.Module):
         for index in reversed(range(len(self.levels))):
             if index < len(self.levels) - 1:
                 factored = parts.pop().view(len(z), *self.latent_shapes[index])
+                if self.split_priors:
+                    factored = self.split_priors[index].inverse(h, factored)
                 h = torch.cat([h, factored], 1)  # (N, C_l, H_l, W_l)
             for layer in reversed(self.levels[index]):
                 h = layer.inverse(h)

@@ -14,6 +14,9 @@ Each layer's log-determinant is cheap by construction (docs/models/flow.md deriv
   logdet = H W sum_c log_s_c (the LU factors' diagonal; P and L have determinant +-1 and 1).
 - ``AffineCoupling``: half of the entries pass unchanged and parameterise an elementwise affine map of the
   other half, y_b = x_b * exp(log_s(x_a)) + t(x_a): a triangular Jacobian, logdet = sum log_s.
+- ``SplitPrior``: Glow's learned prior of a factored-out part z given the part h that continues,
+  z ~ N(mu(h), sigma(h)^2), written as the bijection e = (z - mu(h)) / sigma(h) whose e has the flow's
+  N(0, I) prior: logdet = -sum log sigma (an affine coupling of z conditioned on h).
 """
 
 from __future__ import annotations
@@ -201,3 +204,34 @@ class AffineCoupling(nn.Module):
         conditioner, transformed = self._split(y)
         log_s, t = self._scale_shift(conditioner)
         return self._merge(conditioner, (transformed - t) * torch.exp(-log_s))
+
+
+class SplitPrior(nn.Module):
+    """The learned Gaussian of a factored-out part given the kept part (Glow, Kingma & Dhariwal 2018,
+    "split" with a learned prior): ``forward(kept, factored) -> (e, logdet)``, ``inverse(kept, e) -> factored``.
+
+        (mu, log_sigma) = conv(kept),   e = (factored - mu) * exp(-log_sigma),   logdet = -sum log_sigma
+
+    so log N(factored; mu, sigma^2) = log N(e; 0, I) + logdet. Without it the factored-out entries are
+    independent N(0, 1) noise at sampling time, whatever the rest of the image: samples come out in
+    fragments. log_sigma is bounded as in the couplings (scale * tanh), and the convolution starts at
+    zero: at initialisation this is the fixed standard normal.
+    """
+
+    def __init__(self, kept_channels: int, factored_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(kept_channels, 2 * factored_channels, 3, padding=1)
+        nn.init.zeros_(self.conv.weight), nn.init.zeros_(self.conv.bias)
+        self.scale = nn.Parameter(torch.ones(1, factored_channels, 1, 1))
+
+    def _mean_log_sigma(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+        mean, raw = self.conv(kept).chunk(2, dim=1)  # (N, C_f, H, W) each
+        return mean, self.scale * torch.tanh(raw)
+
+    def forward(self, kept: Tensor, factored: Tensor) -> tuple[Tensor, Tensor]:
+        mean, log_sigma = self._mean_log_sigma(kept)
+        return (factored - mean) * torch.exp(-log_sigma), -log_sigma.flatten(1).sum(1)
+
+    def inverse(self, kept: Tensor, e: Tensor) -> Tensor:
+        mean, log_sigma = self._mean_log_sigma(kept)
+        return e * torch.exp(log_sigma) + mean
