@@ -9,6 +9,9 @@ same seed, so the picture is reproducible from the checkpoints. A row can also b
 and any row can carry its own title as ``"TITLE=PATH"``:
 
     python docs/samples_figure.py "VAE, 5 min: FID 210=samples/vae-lightning-gen-seed0-5min.npz" ...
+
+``--below FIGURE.png`` draws the new rows under an existing figure drawn with the same ``--n`` (the same
+width), so rows of new runs join a picture whose earlier runs' samples are gone.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/images/samples.png"))
+    parser.add_argument("--below", type=Path, metavar="FIGURE", help="an earlier figure to draw the rows under")
     args = parser.parse_args()
     rows = [samples_of(run, args.n, args.seed) for run in args.runs]
     figure, axes = plt.subplots(len(rows), 1, figsize=(args.n * 0.6, len(rows) * 0.85), squeeze=False)
@@ -62,7 +66,20 @@ def main() -> None:
         axis.set_yticks([])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(args.out, dpi=120, bbox_inches="tight")
+    if args.below:
+        stack_below(args.below, args.out)
     print(f"{len(rows)} rows of {args.n} samples -> {args.out}")
+
+
+def stack_below(earlier: Path, new: Path) -> None:
+    """Write ``earlier`` with ``new`` under it to ``new`` (the narrower one padded with white on the right)."""
+    from PIL import Image
+
+    top, bottom = Image.open(earlier).convert("RGB"), Image.open(new).convert("RGB")
+    stacked = Image.new("RGB", (max(top.width, bottom.width), top.height + bottom.height), "white")
+    stacked.paste(top, (0, 0))
+    stacked.paste(bottom, (0, top.height))
+    stacked.save(new)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from lightning_gen.callbacks.save_config import SaveConfigToLoggers
 from lightning_gen.callbacks.stop import GracefulStop
 from lightning_gen.checkpoints import check_model_class, import_class, model_hyperparameters, read_checkpoint
 from lightning_gen.command_line import args_from_checkpoint, model_overrides, option_value
+from lightning_gen.commands import hide_unused_options
 from lightning_gen.data.base import SplitDataModule
 from lightning_gen.errors import RunFolderError, TrainingStopped, debug_requested, debugging, fixable_error
 from lightning_gen.files import atomic_write
@@ -28,7 +29,7 @@ from lightning_gen.models.base import GenerativeModule
 from lightning_gen.packaged_configs import resolve_config_options
 from lightning_gen.parser import ConciseArgumentParser
 from lightning_gen.runs import run_folder
-from lightning_gen.trainer import LightningGenTrainer, hide_unused_options
+from lightning_gen.trainer import LightningGenTrainer
 
 _CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
 

@@ -192,6 +192,14 @@ def supported_metrics(model: nn.Module, metrics: Sequence[str]) -> list[str]:
     return [name for name in metrics if has_surface(model, METRICS[name].needs)]
 
 
+def default_metrics(model: nn.Module) -> list[str]:
+    """What ``evaluate`` scores when no metrics are named: mode coverage for points of a toy mixture (no image
+    features), else the sample metrics and, where the model has a likelihood, ``nll_bpd``."""
+    if len(getattr(model, "data_shape", ())) == 1:
+        return ["mode_coverage"]
+    return supported_metrics(model, [*SAMPLE_METRICS, "nll_bpd"])
+
+
 def check_model_supports(model: nn.Module, metrics: Sequence[str]) -> None:
     """Raise if a metric needs a surface the model lacks (e.g. a likelihood from a GAN)."""
     for name in metrics:
