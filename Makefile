@@ -5,12 +5,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CONFIG ?= configs/vae_fmnist.yaml
 
-.PHONY: install data system lint test test-gpu run compare bench bench-quick clean help
+.PHONY: install data system lint test test-fast test-gpu run compare bench bench-quick clean help
 
 help:
 	@echo "make install  - create $(VENV), install $(TORCH_PAIR), lightning-gen[dev], Fashion-MNIST (apt); make run and make test do it first when needed"
 	@echo "make lint     - ruff: style, pyflakes, import order"
 	@echo "make test     - lint, then the test suite (no network, no GPU)"
+	@echo "make test-fast - the unit tier of the suite only (the edit loop)"
 	@echo "make test-gpu - the GPU checks in gpu_tests/ (needs a CUDA device)"
 	@echo "make run      - train the default VAE on Fashion-MNIST (CONFIG=$(CONFIG)), then test it"
 	@echo "make bench    - every benchmark, one after another (~6 h on 2 cores, quality_at_budget ~4 h of it; BENCH_ARGS='--minutes 2': ~2 h) -> benchmarks/README.md"
@@ -60,6 +61,11 @@ lint: $(STAMP)
 TEST_WORKERS ?= 2
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
+
+# the unit tier only, for the edit loop: no CLI subprocesses, DDP, signals, recipes over seeds or benchmarks
+# (the `integration` marker of tests/conftest.py); `make test` runs both tiers
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not integration" --durations=5
 
 # The checks that need a CUDA device (the CUDA-graph sampler, 16-mixed with its grad scaler, compiled networks
 # on the GPU); never part of `make test`, whose CI has no GPU. Fails, rather than skips, without a device.

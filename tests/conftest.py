@@ -69,10 +69,19 @@ def _seeded():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "spread: may run on any pytest-xdist worker, apart from its module")
+    config.addinivalue_line("markers", "integration: the slow tier (subprocesses, DDP, recipes over seeds); "
+                            "make test-fast deselects it")
 
 
 # the modules whose tests take longest in all (`make test`'s --durations), started first; the `spread`
 # tests go last, where short independent units fill whichever worker is free
+# the integration tier (`make test` runs both tiers; `make test-fast` only the unit tier, for the edit loop):
+# modules that launch the CLI in subprocesses, DDP, signals and kills, recipes trained over seeds, the
+# benchmarks' quick modes, the comparison report's trained runs
+INTEGRATION_MODULES = frozenset({
+    "test_benchmarks", "test_cli", "test_compare", "test_ddp", "test_faults", "test_fmnist_recipes",
+    "test_gan_recipes", "test_kill_resume", "test_packaging", "test_wandb",
+})
 LONGEST_MODULES = ("test_gan_recipes", "test_fmnist_recipes", "test_faults", "test_ddp", "test_metrics")
 
 
@@ -96,4 +105,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("spread") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+        if item.module.__name__ in INTEGRATION_MODULES or item.get_closest_marker("spread") is not None:
+            item.add_marker(pytest.mark.integration)
     items.sort(key=_start_order)  # stable: each module's own order is kept
