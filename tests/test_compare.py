@@ -43,7 +43,7 @@ ESTIMATORS = {  # as each model's likelihood_protocol() names it, written out on
     "pixelcnn_fmnist": "exact autoregressive likelihood",
     "flow_fmnist": "exact change of variables",
     "flow_matching_fmnist": "ODE instantaneous change of variables, Hutchinson trace estimator (2 Rademacher probes); "
-                            "heun ODE solver, NFE = 2",
+                            "euler ODE solver, NFE = 2",
 }
 
 
@@ -113,7 +113,7 @@ def test_table_has_every_run_with_the_metrics_its_model_supports(compared):
     assert {family: c["sampling"] for family, c in capabilities.items()} == {
         "ae_fmnist": "one network pass", "vae_fmnist": "one network pass", "gan_fmnist": "one network pass",
         "pixelcnn_fmnist": "one step per pixel and channel group (autoregressive: 784 steps; fast sampler)",
-        "flow_fmnist": "one network pass", "flow_matching_fmnist": "ODE: NFE=4 Heun steps"}
+        "flow_fmnist": "one network pass", "flow_matching_fmnist": "ODE: NFE=4 Euler steps"}
     assert [f for f, c in capabilities.items() if c["encoder"] == "yes"] == ["ae_fmnist", "vae_fmnist", "flow_fmnist"]
     assert set(records["pixelcnn_fmnist"]["sampling"]) == {"batch 1", "batch 8", "batch 1, reference sampler",
                                                          "batch 8, reference sampler"}
@@ -150,7 +150,7 @@ def test_the_nfe_curve_of_the_flow_matching_run_is_stored_and_drawn(compared):
     _, _, out = compared
     records = {Path(r["folder"]).parent.name: r for r in json.loads((out / "comparison.json").read_text())["runs"]}
     curve = records["flow_matching_fmnist"]["nfe_curve"]
-    assert curve["num_samples"] == 50 and curve["default_nfe"] == 4 and curve["solver"] == "heun"
+    assert curve["num_samples"] == 50 and curve["default_nfe"] == 4 and curve["solver"] == "euler"
     assert [point["nfe"] for point in curve["points"]] == [1, 2, 4]  # the values asked for, and the default
     assert all(point["fid_fmnist_clf"] > 0 and point["samples_per_second"] > 0 for point in curve["points"])
     assert all(record["nfe_curve"] == {} for family, record in records.items() if family != "flow_matching_fmnist")
