@@ -21,8 +21,9 @@ one network learns v(x, t | y) and the unconditional v(x, t | null) for classifi
 The times need not be uniform: any density on (0, 1) with full support keeps the same minimiser v*
 (it reweights the regression over t, not its target). ``logit_normal`` draws t = sigmoid(n),
 n ~ N(0, 1) (Esser et al. 2024, "Scaling Rectified Flow Transformers", sec. 3.1: their logit-normal
-sampler with m = 0, s = 1, the best of their time samplers), which spends the training steps on the middle of the path, where the velocity is
-hardest to predict, rather than near t = 0 (the mean image) and t = 1 (the data point itself).
+sampler with m = 0, s = 1, the best of their time samplers), which spends the training steps on the
+middle of the path, where the velocity is hardest to predict, rather than near t = 0 (the mean image)
+and t = 1 (the data point itself).
 """
 
 from __future__ import annotations
