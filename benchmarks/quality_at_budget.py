@@ -171,11 +171,13 @@ def train_default(family: str, seconds: float, seed: int, quick: bool = False,
             "--trainer.max_epochs=-1", f"--trainer.max_time={max_time(seconds)}", "--trainer.enable_progress_bar=false",
             *(["--trainer.limit_val_batches=0"] if quick else []), *(f"--{option}" for option in overrides)]
     # the CLI's run summary goes to stderr: stdout is this benchmark's table
-    if keep_runs is not None:
+    if keep_runs is None:
+        where = tempfile.TemporaryDirectory()
+    else:
         kept = Path(keep_runs) / f"{family}-seed{seed}-{seconds / 60:g}min"
         kept.mkdir(parents=True, exist_ok=True)
-    with (contextlib.nullcontext(kept) if keep_runs is not None else tempfile.TemporaryDirectory()) as folder, \
-            contextlib.chdir(folder), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        where = contextlib.nullcontext(kept)
+    with where as folder, contextlib.chdir(folder), contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter")  # sys.argv is ours, not the CLI's
         cli = LightningGenCLI(args=args, trainer_defaults={"callbacks": [clock]})
     evaluation = sum(callback.seconds_spent for callback in cli.trainer.callbacks if hasattr(callback, "seconds_spent"))
@@ -455,16 +457,18 @@ def evaluate(model: nn.Module, num_samples: int, nll_images: int, inception_samp
     Inception-v3 features of that many samples vs as many test images, ~5 images/s on this CPU)."""
     model.to(DEVICE)
     data = FashionMNISTDataModule()
-    settings = EvaluationSettings(metrics=["fid", "kid", "precision_recall"], num_samples=num_samples, split="test",
-                                  max_real=num_samples, features=FEATURES, progress=False)
-    values = {r.name.removesuffix(f"_{FEATURES}"): r.value for r in evaluate_model(model, data, settings, DEVICE)}
+
+    def scores(metrics: list[str], real: int, **options) -> dict[str, float]:
+        settings = EvaluationSettings(metrics=metrics, split="test", max_real=real, progress=False, **options)
+        return {r.name: r.value for r in evaluate_model(model, data, settings, DEVICE)}
+
+    sample_quality = scores(["fid", "kid", "precision_recall"], num_samples, num_samples=num_samples,
+                            features=FEATURES)
+    values = {name.removesuffix(f"_{FEATURES}"): value for name, value in sample_quality.items()}
     if nll_images > 0 and callable(getattr(model, "log_likelihood", None)):
-        nll = EvaluationSettings(metrics=["nll_bpd"], split="test", max_real=nll_images, progress=False)
-        values.update({r.name: r.value for r in evaluate_model(model, data, nll, DEVICE)})
+        values.update(scores(["nll_bpd"], nll_images))
     if inception_samples > 0:
-        inception = EvaluationSettings(metrics=["fid"], num_samples=inception_samples, split="test",
-                                       max_real=inception_samples, features="inception", progress=False)
-        values.update({r.name: r.value for r in evaluate_model(model, data, inception, DEVICE)})
+        values.update(scores(["fid"], inception_samples, num_samples=inception_samples, features="inception"))
     return values
 
 

@@ -73,8 +73,6 @@ def pytest_configure(config):
                             "make test-fast deselects it")
 
 
-# the modules whose tests take longest in all (`make test`'s --durations), started first; the `spread`
-# tests go last, where short independent units fill whichever worker is free
 # the integration tier (`make test` runs both tiers; `make test-fast` only the unit tier, for the edit loop):
 # modules that launch the CLI in subprocesses, DDP, signals and kills, recipes trained over seeds, the
 # benchmarks' quick modes, the comparison report's trained runs
@@ -82,6 +80,8 @@ INTEGRATION_MODULES = frozenset({
     "test_benchmarks", "test_cli", "test_compare", "test_ddp", "test_faults", "test_fmnist_recipes",
     "test_gan_recipes", "test_kill_resume", "test_packaging", "test_wandb",
 })
+# the modules whose tests take longest in all (`make test`'s --durations), started first; the `spread`
+# tests go last, where short independent units fill whichever worker is free
 LONGEST_MODULES = ("test_gan_recipes", "test_fmnist_recipes", "test_faults", "test_ddp", "test_metrics")
 
 
