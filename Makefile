@@ -62,10 +62,10 @@ TEST_WORKERS ?= 2
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
-# the unit tier only, for the edit loop: no CLI subprocesses, DDP, signals, recipes over seeds or benchmarks
-# (the `integration` marker of tests/conftest.py); `make test` runs both tiers
+# the unit tier only (tests/unit/), for the edit loop: no CLI subprocesses, DDP, signals, recipes over seeds or
+# benchmarks (those are tests/integration/); `make test` runs both tiers
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder -m "not integration" --durations=5
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=5 tests/unit
 
 # The checks that need a CUDA device (the CUDA-graph sampler, 16-mixed with its grad scaler, compiled networks
 # on the GPU); never part of `make test`, whose CI has no GPU. Fails, rather than skips, without a device.

@@ -3,24 +3,20 @@
 
 from __future__ import annotations
 
-import gzip
 import os
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.support.paths import FMNIST_DIR, write_idx
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on a 2-core machine: one thread each (and in the processes they
     # start) instead of two threads apiece fighting over both cores
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
-CONFIGS = REPO / "configs"
-FMNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
 @pytest.fixture(scope="session")
@@ -29,17 +25,6 @@ def fmnist_dir() -> Path:
         f"Fashion-MNIST is expected in {FMNIST_DIR}: run `make install` (installs Debian's dataset-fashion-mnist)"
     )
     return FMNIST_DIR
-
-
-def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
-    """Write a uint8 array as an IDX file (the MNIST format)."""
-    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
-    payload = header + array.astype(np.uint8).tobytes()
-    if compress:
-        path = path.with_name(path.name + ".gz")
-        payload = gzip.compress(payload)
-    path.write_bytes(payload)
-    return path
 
 
 @pytest.fixture
@@ -69,20 +54,16 @@ def _seeded():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "spread: may run on any pytest-xdist worker, apart from its module")
-    config.addinivalue_line("markers", "integration: the slow tier (subprocesses, DDP, recipes over seeds); "
-                            "make test-fast deselects it")
+    config.addinivalue_line("markers", "integration: a test of tests/integration/ (subprocesses, DDP, recipes "
+                            "over seeds, benchmark quick modes); make test-fast runs tests/unit/ only")
 
 
-# the integration tier (`make test` runs both tiers; `make test-fast` only the unit tier, for the edit loop):
-# modules that launch the CLI in subprocesses, DDP, signals and kills, recipes trained over seeds, the
-# benchmarks' quick modes, the comparison report's trained runs
-INTEGRATION_MODULES = frozenset({
-    "test_benchmarks", "test_cli", "test_compare", "test_ddp", "test_faults", "test_fmnist_recipes",
-    "test_gan_recipes", "test_kill_resume", "test_packaging", "test_wandb",
-})
 # the modules whose tests take longest in all (`make test`'s --durations), started first; the `spread`
 # tests go last, where short independent units fill whichever worker is free
 LONGEST_MODULES = ("test_gan_recipes", "test_fmnist_recipes", "test_faults", "test_ddp", "test_metrics")
+
+
+INTEGRATION_TIER = Path(__file__).resolve().parent / "integration"  # the slow tier; tests/unit/ is the fast one
 
 
 def _start_order(item) -> tuple[int, int]:
@@ -105,6 +86,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if item.get_closest_marker("spread") is None:
             item.add_marker(pytest.mark.xdist_group(item.module.__name__))
-        if item.module.__name__ in INTEGRATION_MODULES or item.get_closest_marker("spread") is not None:
+        if INTEGRATION_TIER in item.path.parents:
             item.add_marker(pytest.mark.integration)
     items.sort(key=_start_order)  # stable: each module's own order is kept
