@@ -38,15 +38,11 @@ def import_class(path: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
-_last_read: tuple[tuple, dict[str, Any]] | None = None  # (file identity, contents) of the newest read
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict on the CPU (tensors and plain data only: ``weights_only=True``).
 
-    The newest file read is kept until it changes on disk: one command checks a checkpoint's class, takes
-    its data and loads its weights from a single read. Treat the dict as read-only."""
-    global _last_read
+    A command reads its checkpoint once, at its boundary (``cli.main``, ``load_run``), and hands the dict
+    down; treat it as read-only."""
     path = Path(path)
     if path.is_dir():
         raise CheckpointError(f"checkpoint {path} is a folder, not a file; pass the path of a .ckpt file"
@@ -54,13 +50,22 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; "
                               "pass the path of a .ckpt file from a run's checkpoints/ folder")
-    stat = path.stat()
-    identity = (str(path.resolve()), stat.st_mtime_ns, stat.st_size, stat.st_ino)
-    if _last_read is not None and _last_read[0] == identity:
-        return _last_read[1]
-    checkpoint = _load_checked(path)
-    _last_read = (identity, checkpoint)
-    return checkpoint
+    return _load_checked(path)
+
+
+@dataclass(frozen=True)
+class CheckpointFile:
+    """A checkpoint read once at a command's boundary and handed down: its path and its (read-only) dict."""
+
+    path: Path
+    contents: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str | Path) -> "CheckpointFile":
+        return cls(Path(path), read_checkpoint(path))
+
+    def is_of(self, path: str | Path | None) -> bool:
+        return path is not None and Path(path).resolve() == self.path.resolve()
 
 
 def _checkpoints_inside(folder: Path, shown: int = 3) -> str:
@@ -129,6 +134,7 @@ class LoadedRun:
     model: Any  # a GenerativeModule in eval mode, weights loaded
     datamodule: Any  # the DataModule it trained on (not set up)
     record: dict[str, Any] = field(default_factory=dict)  # run.json, when the folder has one
+    saved: dict[str, Any] = field(default_factory=dict)  # the checkpoint's entries but its weights and optimizer
 
 
 def resolve_run(path: str | Path) -> tuple[Path, Path | None]:
@@ -151,23 +157,43 @@ def model_hyperparameters(checkpoint: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in checkpoint.get("hyper_parameters", {}).items() if not k.startswith("_")}
 
 
+def model_from_checkpoint(checkpoint: dict[str, Any], model_class: type | None = None, **overrides: Any):
+    """The model a checkpoint dict holds (weights loaded; the mode and device as built), rebuilt from its saved
+    hyperparameters, as Lightning's ``load_from_checkpoint`` does but from a dict already read. ``overrides``
+    replace hyperparameters that do not change the weights (e.g. a PixelCNN's ``sampler``)."""
+    if model_class is None:
+        model_class = import_class(checkpoint[MODEL_CLASS_KEY])
+    model = model_class(**{**model_hyperparameters(checkpoint), **overrides})
+    model.on_load_checkpoint(checkpoint)  # what Lightning's load_from_checkpoint calls: format and class checks
+    model.load_state_dict(checkpoint["state_dict"])
+    return model
+
+
+WEIGHTS_KEYS = ("state_dict", "optimizer_states", "lr_schedulers")  # the bulk of a checkpoint: not in LoadedRun.saved
+
+
 def load_run(path: str | Path, map_location: Any = "cpu", **model_overrides: Any) -> LoadedRun:
     """A run folder or checkpoint -> its model (weights loaded, eval mode), its DataModule and its ``run.json``,
     from one read of the checkpoint. ``model_overrides`` replace hyperparameters that do not change the
     weights (e.g. a PixelCNN's ``sampler``)."""
     checkpoint_path, folder = resolve_run(path)
-    checkpoint = read_checkpoint(checkpoint_path)
-    model_class, data = checkpoint.get(MODEL_CLASS_KEY), checkpoint.get(DATAMODULE_KEY)
-    if model_class is None or data is None:
+    return run_from_checkpoint(read_checkpoint(checkpoint_path), checkpoint_path, folder, map_location,
+                               **model_overrides)
+
+
+def run_from_checkpoint(checkpoint: dict[str, Any], checkpoint_path: Path, folder: Path | None = None,
+                        map_location: Any = "cpu", **model_overrides: Any) -> LoadedRun:
+    """``load_run`` from a checkpoint dict already read (and checked) by the caller."""
+    data = checkpoint.get(DATAMODULE_KEY)
+    if checkpoint.get(MODEL_CLASS_KEY) is None or data is None:
         raise CheckpointError(f"{checkpoint_path} does not record its model class and data; it was not "
                               "written by `python -m lightning_gen fit`")
-    model = import_class(model_class)(**{**model_hyperparameters(checkpoint), **model_overrides})
-    model.on_load_checkpoint(checkpoint)  # what Lightning's load_from_checkpoint calls: format and class checks
-    model.load_state_dict(checkpoint["state_dict"])
+    model = model_from_checkpoint(checkpoint, **model_overrides)
     datamodule = import_class(data["class_path"])(**data["init_args"])
     record_path = folder / RUN_RECORD if folder is not None else None
     record = json.loads(record_path.read_text()) if record_path is not None and record_path.is_file() else {}
-    return LoadedRun(checkpoint_path, folder, model.to(map_location).eval(), datamodule, record)
+    saved = {key: value for key, value in checkpoint.items() if key not in WEIGHTS_KEYS}
+    return LoadedRun(checkpoint_path, folder, model.to(map_location).eval(), datamodule, record, saved)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

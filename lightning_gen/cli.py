@@ -19,8 +19,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning_gen.boundary import HeldStartupLines, build_optimizers_once, rejected_options, silence_tips
 from lightning_gen.callbacks.save_config import SaveConfigToLoggers
 from lightning_gen.callbacks.stop import GracefulStop
-from lightning_gen.checkpoints import check_model_class, import_class, model_hyperparameters, read_checkpoint
-from lightning_gen.command_line import args_from_checkpoint, model_overrides, option_value
+from lightning_gen.checkpoints import CheckpointFile, check_model_class, import_class, model_hyperparameters
+from lightning_gen.command_line import (
+    CHECKPOINT_KEYWORDS,
+    args_from_checkpoint,
+    command_checkpoint,
+    model_overrides,
+    option_value,
+)
 from lightning_gen.commands import hide_unused_options
 from lightning_gen.data.base import SplitDataModule
 from lightning_gen.errors import RunFolderError, TrainingStopped, debug_requested, debugging, fixable_error
@@ -31,11 +37,12 @@ from lightning_gen.parser import ConciseArgumentParser
 from lightning_gen.runs import run_folder
 from lightning_gen.trainer import LightningGenTrainer
 
-_CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}
-
 
 class LightningGenCLI(LightningCLI):
-    def __init__(self, args=None, run: bool = True, **kwargs):
+    def __init__(self, args=None, run: bool = True, checkpoint: CheckpointFile | None = None, **kwargs):
+        """``checkpoint``: the ``--ckpt_path`` file as the command line's boundary read it (``cli.main``); a
+        checkpoint named only in a config file is read here, once."""
+        self._checkpoint = checkpoint
         command_line = sys.argv[1:] if args is None else args
         self._command_line = [str(arg) for arg in command_line] if isinstance(command_line, (list, tuple)) else []
         silence_tips()
@@ -131,9 +138,11 @@ class LightningGenCLI(LightningCLI):
         and #21455 (command-line values over the checkpoint's) are open."""
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if not ckpt_path or str(ckpt_path) in _CHECKPOINT_KEYWORDS:
+        if not ckpt_path or str(ckpt_path) in CHECKPOINT_KEYWORDS:
             return
-        checkpoint = read_checkpoint(ckpt_path)
+        if self._checkpoint is None or not self._checkpoint.is_of(ckpt_path):
+            self._checkpoint = CheckpointFile.read(ckpt_path)
+        checkpoint = self._checkpoint.contents
         class_path = self.config[subcommand].model.class_path
         check_model_class(checkpoint, import_class(class_path), ckpt_path)
         arguments = {**model_hyperparameters(checkpoint), **model_overrides(self._command_line)}
@@ -175,9 +184,11 @@ class LightningGenCLI(LightningCLI):
         self._startup_lines.release()
 
     def before_evaluate(self) -> None:
+        self.trainer.command_checkpoint = self._checkpoint
         self._startup_lines.release()
 
     def before_sample(self) -> None:
+        self.trainer.command_checkpoint = self._checkpoint
         self._startup_lines.release()
 
     def after_fit(self) -> None:
@@ -213,10 +224,12 @@ def main(args: list[str] | None = None) -> None:
             if args[:1] == ["evaluate"] and option_value(args, "--samples"):  # images from anywhere: no model
                 importlib.import_module("lightning_gen.metrics.sample_files").main(args[1:])
                 return
-            args = args_from_checkpoint(resolve_config_options(args))
+            args = resolve_config_options(args)
+            checkpoint = command_checkpoint(args)  # the command's one read of its --ckpt_path
+            args = args_from_checkpoint(args, checkpoint)
             # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns of
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            LightningGenCLI(args=args)
+            LightningGenCLI(args=args, checkpoint=checkpoint)
         except SIGTERMException:
             # Lightning's own SIGTERM stop (end of an epoch, inside validation) is a SystemExit with code 0:
             # a run that did not finish must not look like one that did

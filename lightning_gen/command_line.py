@@ -8,8 +8,10 @@ import json
 
 import yaml
 
-from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, read_checkpoint
+from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, CheckpointFile
 from lightning_gen.errors import CheckpointError
+
+CHECKPOINT_KEYWORDS = {"last", "best", "hpc", "registry"}  # --ckpt_path values Lightning resolves itself
 
 _NOT_MODEL_ARGUMENTS = {"class_path", "init_args", "dict_kwargs", "help"}
 
@@ -44,20 +46,26 @@ def option_value(args: list[str], name: str) -> str | None:
     return None
 
 
-def args_from_checkpoint(args: list[str]) -> list[str]:
+def command_checkpoint(args: list[str]) -> CheckpointFile | None:
+    """The checkpoint file a command line names (``--ckpt_path FILE``), read once here, at the boundary; None
+    when it names none or a keyword (``last``). A ``ckpt_path`` set in a config file is read by the CLI."""
+    ckpt_path = option_value(args, "--ckpt_path")
+    if not ckpt_path or ckpt_path in CHECKPOINT_KEYWORDS:
+        return None
+    return CheckpointFile.read(ckpt_path)
+
+
+def args_from_checkpoint(args: list[str], checkpoint: CheckpointFile | None) -> list[str]:
     """``evaluate``/``sample`` without a config: take the model class and the data from the checkpoint."""
     configured = any(option_value(args, name) for name in ("--config", "--model"))
-    if not args or args[0] not in ("evaluate", "sample") or configured:
-        return args
-    ckpt_path = option_value(args, "--ckpt_path")
-    if not ckpt_path:
-        return args  # the subcommand itself says that --ckpt_path is needed
-    checkpoint = read_checkpoint(ckpt_path)
-    model_class = checkpoint.get(MODEL_CLASS_KEY)
+    if not args or args[0] not in ("evaluate", "sample") or configured or checkpoint is None:
+        return args  # without --ckpt_path the subcommand itself says that it is needed
+    model_class = checkpoint.contents.get(MODEL_CLASS_KEY)
     if model_class is None:
-        raise CheckpointError(f"{ckpt_path} does not record its model class; pass --config with the run's config.yaml")
+        raise CheckpointError(f"{checkpoint.path} does not record its model class; pass --config with the run's "
+                              "config.yaml")
     extra = ["--model", model_class]
-    data = checkpoint.get(DATAMODULE_KEY)
+    data = checkpoint.contents.get(DATAMODULE_KEY)
     if data and not option_value(args, "--data"):
         extra += ["--data", json.dumps(data)]
     return [args[0], *extra, *args[1:]]

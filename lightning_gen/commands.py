@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from lightning_gen.boundary import check_output_folder
 from lightning_gen.callbacks.progress import progress_enabled
-from lightning_gen.checkpoints import check_model_class, read_checkpoint
+from lightning_gen.checkpoints import CheckpointFile, check_model_class
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError, check_range
 from lightning_gen.metrics.finite import check_finite_samples
@@ -35,12 +35,14 @@ from lightning_gen.metrics.registry import (
 from lightning_gen.metrics.results import format_table, write_metrics_json
 
 
-def _load_weights(model, ckpt_path: str | None, command: str):
+def _load_weights(model, ckpt_path: str | None, command: str, given: CheckpointFile | None):
+    """The weights of ``ckpt_path``, from the file the command line's boundary read (``given``) when it is that
+    one; read here when the command comes from Python (``trainer.evaluate(model, ckpt_path=...)``)."""
     if not ckpt_path:
         raise LightningGenError(f"`{command}` needs a trained model: pass --ckpt_path path/to/checkpoint.ckpt")
-    checkpoint = read_checkpoint(ckpt_path)
-    check_model_class(checkpoint, type(model), ckpt_path)
-    model.load_state_dict(checkpoint["state_dict"])
+    checkpoint = given if given is not None and given.is_of(ckpt_path) else CheckpointFile.read(ckpt_path)
+    check_model_class(checkpoint.contents, type(model), ckpt_path)
+    model.load_state_dict(checkpoint.contents["state_dict"])
     return model
 
 
@@ -78,6 +80,8 @@ def hide_unused_options(parser) -> None:
 class EvaluateAndSample:
     """The ``evaluate`` and ``sample`` commands of a Trainer (they use its device and progress setting)."""
 
+    command_checkpoint: CheckpointFile | None = None  # the --ckpt_path file the CLI read at its boundary
+
     def evaluate(
         self,
         model,
@@ -109,7 +113,7 @@ class EvaluateAndSample:
             importance_samples: k of the IWAE bound behind nll_bpd (latent-variable models; default: the
                 model's ``test_importance_samples``).
         """
-        _load_weights(model, ckpt_path, "evaluate")
+        _load_weights(model, ckpt_path, "evaluate", self.command_checkpoint)
         check_range(at_least=1, **{"--batch_size": batch_size, "--max_real": max_real,
                                    "--importance_samples": importance_samples})
         check_output_folder(Path(ckpt_path).parent, "metrics.json is written beside --ckpt_path, in",
@@ -150,7 +154,7 @@ class EvaluateAndSample:
             seed: seed of the sample generator; the same seed gives the same images.
             batch_size: samples per call of ``model.sample``.
         """
-        _load_weights(model, ckpt_path, "sample")
+        _load_weights(model, ckpt_path, "sample", self.command_checkpoint)
         check_range(at_least=1, **{"--num_samples": num_samples, "--batch_size": batch_size})
         check_output_folder(out, "--out")
         device = self.strategy.root_device

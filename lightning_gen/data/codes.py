@@ -20,7 +20,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from lightning_gen.checkpoints import DATAMODULE_KEY, MODEL_CLASS_KEY, load_run, model_hyperparameters, read_checkpoint
+from lightning_gen.checkpoints import (
+    DATAMODULE_KEY,
+    MODEL_CLASS_KEY,
+    model_hyperparameters,
+    read_checkpoint,
+    run_from_checkpoint,
+)
 from lightning_gen.data.base import SplitDataModule
 from lightning_gen.errors import CheckpointError, ConfigValueError, check_range
 from lightning_gen.files import atomic_write
@@ -108,17 +114,18 @@ class VQCodesDataModule(SplitDataModule):
         if not loaded_path.is_file():
             raise CheckpointError(f"the VQ-VAE checkpoint {self.vqvae_checkpoint} does not exist; train the "
                                   f"VQ-VAE first: {TRAIN_FIRST}")
-        saved = read_checkpoint(loaded_path).get(MODEL_CLASS_KEY)
+        checkpoint = read_checkpoint(loaded_path)  # the one read: class check, weights, data and hyperparameters
+        saved = checkpoint.get(MODEL_CLASS_KEY)
         if saved != VQVAE_CLASS:
             raise CheckpointError(f"{loaded_path} holds a {saved or 'checkpoint of no lightning-gen model'}, not a "
                                   f"VQ-VAE: a prior over codes needs a checkpoint of {VQVAE_CLASS}. {TRAIN_FIRST}")
-        run = load_run(loaded_path)
+        run = run_from_checkpoint(checkpoint, loaded_path)
         self.vqvae = run.model.requires_grad_(False)
         self.image_data = run.datamodule
+        self.recorded_data = checkpoint[DATAMODULE_KEY]
         self.checkpoint_path = run.checkpoint_path
         self.vqvae_sha256 = file_sha256(loaded_path)
-        self.vqvae_hparams = {**model_hyperparameters(read_checkpoint(loaded_path)),
-                              "data_shape": list(self.vqvae.data_shape)}
+        self.vqvae_hparams = {**model_hyperparameters(checkpoint), "data_shape": list(self.vqvae.data_shape)}
         self.data_shape = tuple(self.vqvae.data_shape)
         self.code_shape = tuple(self.vqvae.grid_shape)
         self.num_codes = self.vqvae.quantizer.num_codes
@@ -138,7 +145,7 @@ class VQCodesDataModule(SplitDataModule):
     def _cache_key(self, split: str, count: int) -> dict:
         # the images as the checkpoint records their DataModule: not ``image_data.hparams``, which LightningCLI
         # fills with this DataModule's own arguments when it is built inside this ``__init__``
-        recorded = read_checkpoint(self.checkpoint_path)[DATAMODULE_KEY]
+        recorded = self.recorded_data
         images = {"class": recorded["class_path"], "subset": self.subset,
                   "args": {k: str(v) for k, v in recorded["init_args"].items()
                            if k not in self.image_data.loader_only_args and k != "subset"}}

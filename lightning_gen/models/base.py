@@ -32,6 +32,7 @@ from lightning_gen.checkpoints import (
     check_format,
     check_model_class,
     class_path,
+    model_from_checkpoint,
     read_checkpoint,
 )
 from lightning_gen.errors import ConfigValueError, DivergenceError, LightningGenError
@@ -259,6 +260,7 @@ class GenerativeModule(pl.LightningModule):
 
     @classmethod
     def load_checkpoint(cls, path: str | Path, map_location: Any = "cpu", **overrides: Any) -> "GenerativeModule":
-        """``load_from_checkpoint`` with clear errors for a missing, corrupt or foreign checkpoint."""
-        check_model_class(read_checkpoint(path), cls, path)
-        return cls.load_from_checkpoint(path, map_location=map_location, **overrides)
+        """``load_from_checkpoint`` with clear errors for a missing, corrupt or foreign checkpoint (one read)."""
+        checkpoint = read_checkpoint(path)
+        check_model_class(checkpoint, cls, path)
+        return model_from_checkpoint(checkpoint, cls, **overrides).to(map_location)

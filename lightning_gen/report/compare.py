@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from torchvision.utils import make_grid, save_image
 
 from lightning_gen.callbacks.pictures import picture_grids
-from lightning_gen.checkpoints import class_path, load_run, read_checkpoint, resolve_run
+from lightning_gen.checkpoints import class_path, load_run, resolve_run
 from lightning_gen.data.base import batch_images
 from lightning_gen.errors import LightningGenError, check_range
 from lightning_gen.metrics.finite import NonFiniteSamplesError
@@ -215,7 +215,7 @@ def compare(paths: list[str], out: str | Path = "comparison",
         run = ComparedRun(_label(loaded.checkpoint_path, loaded.folder), loaded.checkpoint_path, loaded.folder,
                           class_path(type(model)))
         config = run_config(loaded.folder)
-        run.seed, run.group_key = seed_of(config), group_key(read_checkpoint(loaded.checkpoint_path), config)
+        run.seed, run.group_key = seed_of(config), group_key(loaded.saved, config)
         finite = all(torch.isfinite(p).all() for p in model.parameters())
         if not finite:  # its samples would be NaN: nothing to score, and the run counts as diverged
             run.failure = "diverged: non-finite weights in the checkpoint"
