@@ -82,7 +82,9 @@ class LightningGenCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {**LightningCLI.subcommands(), "evaluate": {"model", "datamodule"}, "sample": {"model", "datamodule"}}
+        # evaluate's progress bars follow --trainer.enable_progress_bar: not an option of its own
+        return {**LightningCLI.subcommands(), "evaluate": {"model", "datamodule", "progress"},
+                "sample": {"model", "datamodule"}}
 
     def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
         super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)

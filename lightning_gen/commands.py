@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +26,7 @@ from lightning_gen.checkpoints import CheckpointFile, check_model_class
 from lightning_gen.data.pixels import to_uint8_levels
 from lightning_gen.errors import LightningGenError, check_range
 from lightning_gen.metrics.finite import check_finite_samples
-from lightning_gen.metrics.registry import (
-    EvaluationSettings,
-    MetricResult,
-    default_metrics,
-    evaluate_model,
-    parse_metric_names,
-)
+from lightning_gen.metrics.registry import EvaluationSettings, MetricResult, evaluate_model
 from lightning_gen.metrics.results import format_table, write_metrics_json
 
 
@@ -82,53 +77,24 @@ class EvaluateAndSample:
 
     command_checkpoint: CheckpointFile | None = None  # the --ckpt_path file the CLI read at its boundary
 
-    def evaluate(
-        self,
-        model,
-        datamodule=None,
-        ckpt_path: str | None = None,
-        metrics: str | None = None,
-        num_samples: int = 10_000,
-        split: str = "test",
-        max_real: int | None = None,
-        features: str | None = None,
-        features_weights: str | None = None,
-        seed: int = 0,
-        batch_size: int = 500,
-        importance_samples: int | None = None,
-    ) -> list[MetricResult]:
+    def evaluate(self, model, datamodule=None, ckpt_path: str | None = None, **settings) -> list[MetricResult]:
         """Evaluate a checkpoint with the metric registry; print a table, write metrics.json beside it.
 
         Args:
             ckpt_path: the checkpoint to evaluate.
-            metrics: comma-separated names (fid, kid, precision_recall, nll_bpd, elbo); default: the
-                sample metrics, plus nll_bpd when the model has a likelihood.
-            num_samples: generated samples for fid/kid/precision_recall.
-            split: real split to compare with (train, val or test).
-            max_real: at most this many real images (default: the whole split).
-            features: feature extractor (inception, fmnist_clf or a class path); default by data shape.
-            features_weights: weights file for the feature extractor (e.g. Inception offline).
-            seed: seed of the sample generator (and of KID's subsets).
-            batch_size: images per sampling / feature batch.
-            importance_samples: k of the IWAE bound behind nll_bpd (latent-variable models; default: the
-                model's ``test_importance_samples``).
+            settings: the protocol, one option per field of ``EvaluationSettings`` (``--metrics fid,nll_bpd
+                --num_samples 5000 --split test ...``) with its defaults; progress bars follow the Trainer's.
         """
         _load_weights(model, ckpt_path, "evaluate", self.command_checkpoint)
-        check_range(at_least=1, **{"--batch_size": batch_size, "--max_real": max_real,
-                                   "--importance_samples": importance_samples})
+        protocol = replace(EvaluationSettings(**settings), progress=progress_enabled(self))
         check_output_folder(Path(ckpt_path).parent, "metrics.json is written beside --ckpt_path, in",
                             fix="evaluate a copy of the checkpoint in a writable folder")
         if datamodule is None:
             raise LightningGenError("`evaluate` needs the real data: pass --config or --data, "
                                     "or a checkpoint that records it")
-        names = default_metrics(model) if metrics is None else parse_metric_names(metrics)
-        settings = EvaluationSettings(metrics=names, num_samples=num_samples, split=split, max_real=max_real,
-                                      features=features, features_weights=features_weights, seed=seed,
-                                      batch_size=batch_size, importance_samples=importance_samples,
-                                      progress=progress_enabled(self))
         model.to(self.strategy.root_device)
-        results = evaluate_model(model, datamodule, settings, self.strategy.root_device)
-        path = write_metrics_json(ckpt_path, results, settings)
+        results = evaluate_model(model, datamodule, protocol, self.strategy.root_device)
+        path = write_metrics_json(ckpt_path, results, protocol.for_model(model))
         print(format_table(results))
         print(f"results with protocols -> {path}")
         return results

@@ -13,16 +13,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from lightning_gen.callbacks.cadence import due_after_validation
 from lightning_gen.callbacks.progress import inner_progress_enabled
-from lightning_gen.errors import check_range
+from lightning_gen.errors import ConfigValueError, check_range
 from lightning_gen.faults import kill_point
 from lightning_gen.metrics.finite import NonFiniteSamplesError
 from lightning_gen.metrics.registry import (
     METRICS,
-    SAMPLE_METRICS,
     EvaluationSettings,
     check_model_supports,
     evaluate_model,
-    parse_metric_names,
     result_names,
 )
 from lightning_gen.runs import run_folder, writing
@@ -41,46 +39,32 @@ class EvaluationCallback(pl.Callback):
     a ``"failure"`` line per metric in ``evaluation.jsonl``; the likelihood metrics are still measured.
 
     Args:
-        metrics: names from ``lightning_gen.metrics.METRIC_NAMES``.
         every_n_epochs: evaluate after every n-th validation epoch and after the last epoch's (never
             during the sanity check).
-        num_samples: generated samples per evaluation (over all processes).
-        real_split / max_real: the real images to compare with during validation (test always uses
-            the test split).
-        features / features_weights: feature extractor name or class path (default by data shape) and
-            an optional weights file.
-        kid_subsets: subsets KID averages over (its protocol records the number). Each costs three
-            kernel matrices of ``kid_subset_size``² entries: 100 took 1.7 s of a 4.6-s evaluation of 3000
-            samples on 2 CPU cores, so training-time configs may use fewer; the mean is unbiased either way.
+        real_split: the real images to compare with during validation (test always uses the test split).
+        settings: the protocol, the fields of ``EvaluationSettings`` with its defaults (``metrics``,
+            ``num_samples`` over all processes, ``max_real``, ``features``, ``kid_subsets``, ...); training-time
+            configs name fewer samples and KID subsets than the defaults, to keep evaluation a small share of
+            the budget.
     """
 
-    def __init__(
-        self,
-        metrics: list[str] = list(SAMPLE_METRICS),
-        every_n_epochs: int = 1,
-        num_samples: int = 5000,
-        real_split: str = "val",
-        max_real: int | None = None,
-        features: str | None = None,
-        features_weights: str | None = None,
-        seed: int = 0,
-        batch_size: int = 500,
-        cache_dir: str | None = None,
-        kid_subsets: int = 100,
-    ):
+    def __init__(self, every_n_epochs: int = 1, real_split: str = "val", **settings):
         super().__init__()
-        check_range(at_least=1, every_n_epochs=every_n_epochs, kid_subsets=kid_subsets)
-        self.metrics = parse_metric_names(metrics)
+        check_range(at_least=1, every_n_epochs=every_n_epochs)
+        if "split" in settings:
+            raise ConfigValueError("EvaluationCallback takes real_split (the real images of validation; test always "
+                                   "uses the test split), not split")
         self.every_n_epochs = every_n_epochs
-        self.settings = EvaluationSettings(
-            metrics=self.metrics, num_samples=num_samples, split=real_split, max_real=max_real, features=features,
-            features_weights=features_weights, seed=seed, batch_size=batch_size, cache_dir=cache_dir,
-            kid_subsets=kid_subsets,
-        )
+        self.settings = EvaluationSettings(**settings, split=real_split)
         self.seconds_spent = 0.0
         self._fit_started: float | None = None
 
+    @property
+    def metrics(self) -> list[str] | None:
+        return self.settings.metrics
+
     def setup(self, trainer, pl_module, stage):
+        self.settings = self.settings.for_model(pl_module)  # no metrics named: the registry's default
         check_model_supports(pl_module, self.metrics)  # a GAN asked for nll_bpd fails here, not hours later
 
     def on_fit_start(self, trainer, pl_module):

@@ -14,12 +14,13 @@ extracted once (float64 sums), and all states reduce across processes, so DDP sy
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from lightning_gen.errors import check_range
 from lightning_gen.metrics.compute import (
     EvaluationRun,
     MetricError,
@@ -45,10 +46,34 @@ from lightning_gen.models.base import has_surface
 
 @dataclass
 class EvaluationSettings:
-    """What to compute and on which data. ``num_samples`` generated images are compared with up to
-    ``max_real`` images of the real ``split`` (all of it when ``None``)."""
+    """The protocol of an evaluation, the one type with the one set of defaults behind every way to evaluate:
+    the training-time ``EvaluationCallback``, ``evaluate``, ``evaluate --samples`` and ``compare`` take these
+    fields as their options (jsonargparse reads them, and this docstring for their help). ``num_samples``
+    generated images are compared with up to ``max_real`` images of the real ``split`` (all of it when None).
+    Metric names are parsed once, here.
 
-    metrics: Sequence[str] = field(default_factory=lambda: SAMPLE_METRICS)
+    Args:
+        metrics: comma-separated names or a list (fid, kid, precision_recall, nll_bpd, elbo, ...); default:
+            what the registry picks for the model (``default_metrics``: the sample metrics and, where the
+            model has a likelihood, nll_bpd; mode coverage for points).
+        num_samples: generated samples for the sample metrics (fid, kid, precision_recall, ...).
+        split: the real split to compare with (train, val or test).
+        max_real: at most this many real images (default: the whole split).
+        features: feature extractor: inception, fmnist_clf or a class path (default: by the data's shape).
+        features_weights: weights file of the feature extractor (e.g. Inception offline).
+        seed: seed of the sample generator (and of KID's subsets and FID-infinity's draws).
+        batch_size: images per sampling and feature batch.
+        kid_subsets: subsets KID averages over (its protocol records the number); each costs three kernel
+            matrices of kid_subset_size squared entries, so training-time configs may use fewer.
+        kid_subset_size: images per KID subset.
+        pr_k: the k of the k-nearest-neighbour balls of precision/recall.
+        importance_samples: k of the IWAE bound behind nll_bpd for latent-variable models (default: the
+            model's own test_importance_samples).
+        cache_dir: where real-image features are cached (default: $LIGHTNING_GEN_CACHE or ~/.cache).
+        progress: progress bars (the commands take it from --trainer.enable_progress_bar).
+    """
+
+    metrics: str | list[str] | None = None
     num_samples: int = 10_000
     split: str = "test"
     max_real: int | None = None
@@ -59,9 +84,20 @@ class EvaluationSettings:
     kid_subsets: int = 100
     kid_subset_size: int = 1000
     pr_k: int = 3
-    importance_samples: int | None = None  # k of the IWAE bound for latent-variable models (None: the model's own)
+    importance_samples: int | None = None
     cache_dir: str | None = None
     progress: bool = True
+
+    def __post_init__(self):
+        if self.metrics is not None:
+            self.metrics = parse_metric_names(self.metrics)
+        check_range(at_least=1, num_samples=self.num_samples, max_real=self.max_real, batch_size=self.batch_size,
+                    kid_subsets=self.kid_subsets, kid_subset_size=self.kid_subset_size, pr_k=self.pr_k,
+                    importance_samples=self.importance_samples)
+
+    def for_model(self, model: nn.Module) -> "EvaluationSettings":
+        """These settings with their metrics named: the registry's ``default_metrics(model)`` when none were."""
+        return self if self.metrics is not None else replace(self, metrics=default_metrics(model))
 
 
 @dataclass(frozen=True)
@@ -218,7 +254,8 @@ def check_model_supports(model: nn.Module, metrics: Sequence[str]) -> None:
 def result_names(model, settings: EvaluationSettings, device: torch.device | str | None = None) -> list[str]:
     """The names ``evaluate_model(model, ..., settings)`` returns results under, in the table's order (the
     feature extractor, built once per device, names the features)."""
-    specs = [spec for name, spec in METRICS.items() if name in parse_metric_names(settings.metrics)]
+    names = settings.for_model(model).metrics
+    specs = [spec for name, spec in METRICS.items() if name in names]
     features = ""
     if any(spec.features for spec in specs):
         device = device if device is not None else next(model.parameters()).device
@@ -234,7 +271,8 @@ def evaluate_model(model, datamodule, settings: EvaluationSettings,
     Under ``torch.distributed`` every process must call this (the metrics synchronise); each draws
     its own share of the samples with its own generator, and all return the same results.
     """
-    names = parse_metric_names(settings.metrics)
+    settings = settings.for_model(model)
+    names = settings.metrics
     check_model_supports(model, names)
     _, world = rank_and_world()
     if settings.num_samples < max(2, world) and any(name in SAMPLE_METRICS for name in names):

@@ -28,7 +28,6 @@ from lightning_gen.metrics.registry import (
     SAMPLE_METRICS,
     EvaluationSettings,
     evaluate_model,
-    parse_metric_names,
 )
 from lightning_gen.metrics.results import format_table, write_metrics_json
 from lightning_gen.packaged_configs import resolve_config
@@ -153,22 +152,22 @@ def main(args: list[str]) -> None:
     parser.add_argument("--samples", required=True, help="an .npz with `images` or a folder of PNG files")
     parser.add_argument("--data", required=True, help="the real data: a config name or file, or inline JSON")
     parser.add_argument("--data_dir", help="the real data's folder, if not the config's")
+    defaults = EvaluationSettings()  # the one set of defaults every evaluation starts from
     parser.add_argument("--metrics", default=",".join(SAMPLE_METRICS),
                         help=f"comma-separated: {', '.join(IMAGE_SAMPLE_METRICS)}")
-    parser.add_argument("--split", default="test", help="real split to compare with (train, val or test)")
+    parser.add_argument("--split", default=defaults.split, help="real split to compare with (train, val or test)")
     parser.add_argument("--max_real", type=int, help="at most this many real images (default: the whole split)")
     parser.add_argument("--features", help="feature extractor (inception, fmnist_clf or a class path)")
     parser.add_argument("--features_weights", help="weights file for the feature extractor (e.g. Inception offline)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of KID's subsets and FID∞'s draws")
-    parser.add_argument("--batch_size", type=int, default=500, help="images per feature batch")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of KID's subsets and FID∞'s draws")
+    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="images per feature batch")
     options = parser.parse_args(args)
-    names = parse_metric_names(options.metrics)
-    if not_sample := [name for name in names if name not in IMAGE_SAMPLE_METRICS]:
-        raise ConfigValueError(f"--metrics {', '.join(not_sample)}: samples alone have no likelihood; "
-                               f"choose from {', '.join(IMAGE_SAMPLE_METRICS)}")
-    settings = EvaluationSettings(metrics=names, split=options.split, max_real=options.max_real,
+    settings = EvaluationSettings(metrics=options.metrics, split=options.split, max_real=options.max_real,
                                   features=options.features, features_weights=options.features_weights,
                                   seed=options.seed, batch_size=options.batch_size)
+    if not_sample := [name for name in settings.metrics if name not in IMAGE_SAMPLE_METRICS]:
+        raise ConfigValueError(f"--metrics {', '.join(not_sample)}: samples alone have no likelihood; "
+                               f"choose from {', '.join(IMAGE_SAMPLE_METRICS)}")
     results = score(options.samples, datamodule_from(options.data, options.data_dir), settings)
     path = write_metrics_json(str(Path(options.samples)), results, settings)
     print(format_table(results))

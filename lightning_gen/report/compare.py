@@ -52,7 +52,6 @@ from lightning_gen.metrics.registry import (
     EvaluationSettings,
     MetricResult,
     evaluate_model,
-    parse_metric_names,
     shared_protocol,
     spec_of,
     supported_metrics,
@@ -179,13 +178,15 @@ def check_protocols(runs: list[ComparedRun]) -> None:
                     "data and features (train them with the same data config)")
 
 
-def compare(paths: list[str], out: str | Path = "comparison",
-            metrics: str = "fid,kid,precision_recall,sharpness,nll_bpd",
-            num_samples: int = 2000, max_real: int | None = 2000, features: str | None = None,
-            features_weights: str | None = None, seed: int = 0, batch_size: int = 250,
-            latent_holes: bool = True, device: str = "cpu", progress: bool = True,
-            groups: dict[str, list[str]] | None = None, speed_batch: int = 64,
-            speed_seconds: float = SPEED_SECONDS, nfe_curve_on: bool = True,
+# compare scores several runs, each on every metric: by default a smaller protocol than a single evaluation's
+# (EvaluationSettings' defaults), stated in every number's protocol
+COMPARE_PROTOCOL = EvaluationSettings(metrics="fid,kid,precision_recall,sharpness,nll_bpd", num_samples=2000,
+                                      max_real=2000, batch_size=250)
+
+
+def compare(paths: list[str], out: str | Path = "comparison", settings: EvaluationSettings = COMPARE_PROTOCOL,
+            latent_holes: bool = True, device: str = "cpu", groups: dict[str, list[str]] | None = None,
+            speed_batch: int = 64, speed_seconds: float = SPEED_SECONDS, nfe_curve_on: bool = True,
             nfe_values: tuple[int, ...] = NFE_VALUES, nfe_samples: int = NFE_SAMPLES,
             likelihood_images: int | None = None) -> Path:
     """Evaluate ``paths`` (run folders or checkpoints) alike and write the report into ``out``. ``groups``:
@@ -193,19 +194,16 @@ def compare(paths: list[str], out: str | Path = "comparison",
     ``speed_batch``: sampling speed is measured at batch 1 and at this batch, with at most ``speed_seconds``
     of sampling per sampler beyond its first image (``sampling_speeds``). ``nfe_curve_on``: for models whose
     ``sample`` takes ``nfe``, FID of ``nfe_samples`` samples and samples/s at each of ``nfe_values``.
-    ``likelihood_images``: real images of the likelihood metrics (None: ``max_real``)."""
+    ``likelihood_images``: real images of the likelihood metrics (None: ``settings.max_real``)."""
     check_range(at_least=1, speed_batch=speed_batch, nfe_samples=nfe_samples, likelihood_images=likelihood_images)
     check_range(above=0, speed_seconds=speed_seconds)
     nfe_values = parse_nfe_values(",".join(map(str, nfe_values)))
     if len(paths) + sum(len(members) for members in (groups or {}).values()) < 1:
         raise LightningGenError("compare needs at least one run folder or checkpoint")
-    wanted = parse_metric_names(metrics)
-    settings = EvaluationSettings(metrics=wanted, num_samples=num_samples, max_real=max_real, features=features,
-                                  features_weights=features_weights, seed=seed, batch_size=batch_size,
-                                  progress=progress)
+    wanted = settings.metrics or COMPARE_PROTOCOL.metrics
     # likelihood metrics average over their own number of real images: an ODE likelihood costs about a hundred
     # samples' worth per image (flow matching), so a comparison may score fewer than it draws features for
-    likelihood_settings = replace(settings, max_real=likelihood_images or max_real)
+    likelihood_settings = replace(settings, max_real=likelihood_images or settings.max_real)
     torch_device = torch.device(device)
     runs = []
     unique = {resolve_run(p)[0].resolve(): p for p in [*paths, *(p for ps in (groups or {}).values() for p in ps)]}
@@ -231,7 +229,7 @@ def compare(paths: list[str], out: str | Path = "comparison",
         if not run.failure and latent_holes and has_surface(model, "encode") and has_surface(model, "decode"):
             fid_only = replace(settings, metrics=["fid"])
             try:
-                held_out = _held_out(datamodule, max_real or 2000)
+                held_out = _held_out(datamodule, settings.max_real or COMPARE_PROTOCOL.max_real)
                 with torch.no_grad():
                     code = model.encode(model.prepare_input(held_out[:1].to(torch_device)))  # (1, *latent shape)
                 prior = evaluate_model(_DecodedPrior(model, code.shape[1:]), datamodule, fid_only, torch_device)[0]
@@ -241,7 +239,7 @@ def compare(paths: list[str], out: str | Path = "comparison",
             except NonFiniteSamplesError as error:
                 run.failure = f"diverged: decoded latents: {error}"
         run.parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        speeds = sampling_speeds(model, seed, batches=(1, speed_batch), max_seconds=speed_seconds)
+        speeds = sampling_speeds(model, settings.seed, batches=(1, speed_batch), max_seconds=speed_seconds)
         run.sampling, run.sampling_notes = speeds.rates, speeds.notes
         run.samples_per_second = run.sampling[f"batch {speed_batch}"]
         if has_surface(model, "sampling_protocol"):
@@ -256,7 +254,7 @@ def compare(paths: list[str], out: str | Path = "comparison",
         run.curves = read_curves(run.folder)
         run.failure = failure_of(run, loaded.record)
         if finite:
-            generator = torch.Generator(device=torch_device).manual_seed(seed)
+            generator = torch.Generator(device=torch_device).manual_seed(settings.seed)
             grids = picture_grids(model, _held_out(datamodule, 16).to(torch_device), generator, num_samples=32)
             run.pictures = {kind: _png(images, nrow) for kind, (images, nrow) in grids.items()}
         runs.append(run)
@@ -284,16 +282,18 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--group", action="append", default=[], type=_group_option, metavar="NAME=RUN,RUN,...",
                         help="a seed group named by hand (repeatable); its runs are compared too")
     parser.add_argument("--out", default="comparison", help="output folder (report.html, report.md, comparison.json)")
-    parser.add_argument("--metrics", default="fid,kid,precision_recall,sharpness,nll_bpd",
+    protocol = COMPARE_PROTOCOL
+    parser.add_argument("--metrics", default=",".join(protocol.metrics),
                         help="metrics for every run; likelihood metrics only where the model has one")
-    parser.add_argument("--num_samples", type=int, default=2000, help="generated samples per sample metric")
-    parser.add_argument("--max_real", type=int, default=2000, help="real test images (0: the whole split)")
+    parser.add_argument("--num_samples", type=int, default=protocol.num_samples,
+                        help="generated samples per sample metric")
+    parser.add_argument("--max_real", type=int, default=protocol.max_real, help="real test images (0: the whole split)")
     parser.add_argument("--likelihood_images", type=int, default=None,
                         help="real images the likelihood metrics average over (default: --max_real); flow "
                              "matching's ODE likelihood costs ~100 samples' worth per image")
     parser.add_argument("--features", default=None, help="feature extractor (default by data shape)")
     parser.add_argument("--features_weights", default=None, help="weights file of the feature extractor")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=protocol.seed)
     parser.add_argument("--no_latent_holes", action="store_true", help="skip the AE/VAE prior and midpoint FIDs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--speed_batch", type=int, default=64,
@@ -314,8 +314,9 @@ def main(argv: list[str]) -> None:
     groups = dict(args.group)
     if len(groups) < len(args.group):
         parser.error("each --group needs its own NAME")
-    folder = compare(args.runs, args.out, args.metrics, args.num_samples, args.max_real or None, args.features,
-                     args.features_weights, args.seed, latent_holes=not args.no_latent_holes, device=args.device,
+    settings = replace(protocol, metrics=args.metrics, num_samples=args.num_samples, max_real=args.max_real or None,
+                       features=args.features, features_weights=args.features_weights, seed=args.seed)
+    folder = compare(args.runs, args.out, settings, latent_holes=not args.no_latent_holes, device=args.device,
                      groups=groups, speed_batch=args.speed_batch, speed_seconds=args.speed_seconds,
                      nfe_curve_on=args.nfe_curve, nfe_values=args.nfe_values, nfe_samples=args.nfe_samples,
                      likelihood_images=args.likelihood_images)

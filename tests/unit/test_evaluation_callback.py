@@ -104,3 +104,25 @@ def test_training_is_identical_with_and_without_evaluation(fmnist_dir, tmp_path)
         return torch.cat([p.detach().flatten() for p in model.parameters()])
 
     assert torch.equal(train(with_evaluation=True), train(with_evaluation=False))
+
+
+def test_every_evaluation_takes_the_one_settings_type_and_the_callback_refuses_a_second_split(capsys):
+    from dataclasses import fields
+
+    from lightning_gen.cli import main
+    from lightning_gen.metrics.registry import EvaluationSettings
+
+    # `evaluate` has one option per field of EvaluationSettings (progress follows the Trainer's bar), with its
+    # defaults: a field added to the type is an option without another signature to edit
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    shown = capsys.readouterr().out
+    for field in fields(EvaluationSettings):
+        assert (f"--{field.name} " in shown) == (field.name != "progress"), field.name
+    callback = EvaluationCallback(num_samples=70, kid_subsets=3)
+    assert (callback.settings.num_samples, callback.settings.kid_subsets, callback.settings.split) == (70, 3, "val")
+    assert callback.settings.batch_size == EvaluationSettings().batch_size
+    with pytest.raises(ConfigValueError, match="real_split"):
+        EvaluationCallback(split="test")
+    with pytest.raises(MetricError, match="unknown metric"):
+        EvaluationCallback(metrics=["fid", "no_such_metric"])
