@@ -10,12 +10,12 @@ top-level ``configs/`` folder is a link to ``lightning_gen/configs/``, so both s
 
 from __future__ import annotations
 
-import argparse
 import difflib
 from importlib import resources
 from pathlib import Path
 
 from lightning_gen.errors import ConfigValueError
+from lightning_gen.parser import command_parser
 
 SUFFIX = ".yaml"
 
@@ -59,9 +59,8 @@ def resolve_config_options(args: list[str]) -> list[str]:
 
 
 def main(args: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="lightning-gen configs",
-                                     description="List the configs that ship with lightning-gen; pass a name to "
-                                                 "--config (e.g. `lightning-gen fit --config vae_fmnist`).")
+    parser = command_parser("lightning-gen configs", "List the configs that ship with lightning-gen; pass a name to "
+                            "--config (e.g. `lightning-gen fit --config vae_fmnist`).")
     parser.add_argument("--paths", action="store_true", help="also print each config's file")
     options = parser.parse_args(args)
     for name, path in packaged_configs().items():

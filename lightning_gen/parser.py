@@ -9,6 +9,7 @@ import inspect
 import re
 import sys
 
+from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_gen.checkpoints import import_class
@@ -28,6 +29,35 @@ class ConciseArgumentParser(LightningArgumentParser):
                          f"  (every option: {prog} --help; the resolved config: --print_config; "
                          "the parser's full message: --debug)\n")
         raise SystemExit(2)
+
+
+def command_parser(prog: str, description: str) -> ConciseArgumentParser:
+    """The parser of a command on finished runs or files (``compare``, ``dashboard``, ``configs``, ``evaluate
+    --samples``): jsonargparse, as LightningCLI's subcommands are, so ``--help``, one-line errors naming the
+    closest option, ``--config FILE`` (a YAML of the options) and ``--print_config`` work alike everywhere."""
+    parser = ConciseArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file of these options")
+    return parser
+
+
+def add_settings_options(parser: ConciseArgumentParser, skip: set[str], **defaults) -> None:
+    """``EvaluationSettings``' fields as options (help from its docstring), but ``skip``; ``defaults`` replace
+    the type's own where a command states a protocol of its own."""
+    from lightning_gen.metrics.registry import EvaluationSettings
+
+    parser.add_class_arguments(EvaluationSettings, skip=skip | {"progress"}, instantiate=False,
+                               sub_configs=False, as_group=True)
+    parser.set_defaults(defaults)
+
+
+def settings_from(options: Namespace, **fixed):
+    """The ``EvaluationSettings`` a command's parsed options name (see ``add_settings_options``), with ``fixed``."""
+    from dataclasses import fields
+
+    from lightning_gen.metrics.registry import EvaluationSettings
+
+    given = {f.name: options[f.name] for f in fields(EvaluationSettings) if f.name in options}
+    return EvaluationSettings(**{**given, **fixed})
 
 
 _PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",

@@ -46,9 +46,11 @@ from lightning_gen.models.base import has_surface
 
 @dataclass
 class EvaluationSettings:
-    """The protocol of an evaluation, the one type with the one set of defaults behind every way to evaluate:
-    the training-time ``EvaluationCallback``, ``evaluate``, ``evaluate --samples`` and ``compare`` take these
-    fields as their options (jsonargparse reads them, and this docstring for their help). ``num_samples``
+    """The protocol of an evaluation (what to compute, on which data)
+
+    The one type, with the one set of defaults, behind every way to evaluate: the training-time
+    ``EvaluationCallback``, ``evaluate``, ``evaluate --samples`` and ``compare`` take these fields as their
+    options (jsonargparse reads them, and this docstring for their help). ``num_samples``
     generated images are compared with up to ``max_real`` images of the real ``split`` (all of it when None).
     Metric names are parsed once, here.
 

@@ -10,7 +10,6 @@ PATH, keyed by its name.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ from lightning_gen.metrics.registry import (
 )
 from lightning_gen.metrics.results import format_table, write_metrics_json
 from lightning_gen.packaged_configs import resolve_config
+from lightning_gen.parser import add_settings_options, command_parser, settings_from
 
 IMAGE_CHANNELS = (1, 3)
 
@@ -146,25 +146,16 @@ def score(samples: str | Path, datamodule, settings: EvaluationSettings) -> list
 
 
 def main(args: list[str]) -> None:
-
-    parser = argparse.ArgumentParser(prog="python -m lightning_gen evaluate --samples",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", required=True, help="an .npz with `images` or a folder of PNG files")
-    parser.add_argument("--data", required=True, help="the real data: a config name or file, or inline JSON")
-    parser.add_argument("--data_dir", help="the real data's folder, if not the config's")
-    defaults = EvaluationSettings()  # the one set of defaults every evaluation starts from
-    parser.add_argument("--metrics", default=",".join(SAMPLE_METRICS),
-                        help=f"comma-separated: {', '.join(IMAGE_SAMPLE_METRICS)}")
-    parser.add_argument("--split", default=defaults.split, help="real split to compare with (train, val or test)")
-    parser.add_argument("--max_real", type=int, help="at most this many real images (default: the whole split)")
-    parser.add_argument("--features", help="feature extractor (inception, fmnist_clf or a class path)")
-    parser.add_argument("--features_weights", help="weights file for the feature extractor (e.g. Inception offline)")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of KID's subsets and FID∞'s draws")
-    parser.add_argument("--batch_size", type=int, default=defaults.batch_size, help="images per feature batch")
+    parser = command_parser("python -m lightning_gen evaluate --samples", __doc__.split("\n\n")[0])
+    parser.add_argument("--samples", type=str, required=True, help="an .npz with `images` or a folder of PNG files")
+    parser.add_argument("--data", type=str, required=True,
+                        help="the real data: a config name or file, or inline JSON")
+    parser.add_argument("--data_dir", type=str | None, help="the real data's folder, if not the config's")
+    # the number of samples is the file's; no likelihood, so no importance samples
+    add_settings_options(parser, skip={"num_samples", "importance_samples", "cache_dir"},
+                         metrics=",".join(SAMPLE_METRICS))
     options = parser.parse_args(args)
-    settings = EvaluationSettings(metrics=options.metrics, split=options.split, max_real=options.max_real,
-                                  features=options.features, features_weights=options.features_weights,
-                                  seed=options.seed, batch_size=options.batch_size)
+    settings = settings_from(options)
     if not_sample := [name for name in settings.metrics if name not in IMAGE_SAMPLE_METRICS]:
         raise ConfigValueError(f"--metrics {', '.join(not_sample)}: samples alone have no likelihood; "
                                f"choose from {', '.join(IMAGE_SAMPLE_METRICS)}")

@@ -45,7 +45,7 @@ from torchvision.utils import make_grid, save_image
 from lightning_gen.callbacks.pictures import picture_grids
 from lightning_gen.checkpoints import class_path, load_run, resolve_run
 from lightning_gen.data.base import batch_images
-from lightning_gen.errors import LightningGenError, check_range
+from lightning_gen.errors import ConfigValueError, LightningGenError, check_range
 from lightning_gen.metrics.finite import NonFiniteSamplesError
 from lightning_gen.metrics.registry import (
     METRICS,
@@ -57,6 +57,7 @@ from lightning_gen.metrics.registry import (
     supported_metrics,
 )
 from lightning_gen.models.base import has_surface
+from lightning_gen.parser import add_settings_options, command_parser, settings_from
 from lightning_gen.report.claims import SPEED_SECONDS, capabilities, sampling_speeds
 from lightning_gen.report.groups import assign_groups, failure_of, group_key, run_config, seed_of
 from lightning_gen.report.nfe_curve import NFE_SAMPLES, NFE_VALUES, nfe_curve, parse_nfe_values, samples_by_nfe
@@ -270,30 +271,24 @@ def _group_option(text: str) -> tuple[str, list[str]]:
     name, _, members = text.partition("=")
     runs = [member.strip() for member in members.split(",") if member.strip()]
     if not name.strip() or not runs:
-        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=RUN,RUN,... (e.g. vae=runs/vae/version_0,"
-                                         "runs/vae/version_1)")
+        raise ConfigValueError(f"--group {text!r} is not NAME=RUN,RUN,... (e.g. vae=runs/vae/version_0,"
+                               "runs/vae/version_1)")
     return name.strip(), runs
 
 
 def main(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lightning_gen compare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="*", help="run folders (runs/<name>/version_<n>) or .ckpt files; runs of "
-                        "one config that differ only in their seed form a seed group (mean ± std, failed share)")
-    parser.add_argument("--group", action="append", default=[], type=_group_option, metavar="NAME=RUN,RUN,...",
-                        help="a seed group named by hand (repeatable); its runs are compared too")
+    parser = command_parser("python -m lightning_gen compare", __doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", type=str, help="run folders (runs/<name>/version_<n>) or .ckpt files; runs "
+                        "of one config that differ only in their seed form a seed group (mean ± std, failed share)")
+    parser.add_argument("--group", nargs="+", type=str, default=[], metavar="NAME=RUN,RUN,...",
+                        help="seed groups named by hand (one or more); their runs are compared too")
     parser.add_argument("--out", default="comparison", help="output folder (report.html, report.md, comparison.json)")
-    protocol = COMPARE_PROTOCOL
-    parser.add_argument("--metrics", default=",".join(protocol.metrics),
-                        help="metrics for every run; likelihood metrics only where the model has one")
-    parser.add_argument("--num_samples", type=int, default=protocol.num_samples,
-                        help="generated samples per sample metric")
-    parser.add_argument("--max_real", type=int, default=protocol.max_real, help="real test images (0: the whole split)")
-    parser.add_argument("--likelihood_images", type=int, default=None,
+    add_settings_options(parser, skip={"split", "cache_dir"}, **{
+        name: getattr(COMPARE_PROTOCOL, name) for name in ("num_samples", "max_real", "batch_size")},
+        metrics=",".join(COMPARE_PROTOCOL.metrics))
+    parser.add_argument("--likelihood_images", type=int | None, default=None,
                         help="real images the likelihood metrics average over (default: --max_real); flow "
                              "matching's ODE likelihood costs ~100 samples' worth per image")
-    parser.add_argument("--features", default=None, help="feature extractor (default by data shape)")
-    parser.add_argument("--features_weights", default=None, help="weights file of the feature extractor")
-    parser.add_argument("--seed", type=int, default=protocol.seed)
     parser.add_argument("--no_latent_holes", action="store_true", help="skip the AE/VAE prior and midpoint FIDs")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--speed_batch", type=int, default=64,
@@ -304,21 +299,22 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--nfe_curve", action=argparse.BooleanOptionalAction, default=True,
                         help="for models that sample with a number of function evaluations (flow matching): FID "
                              "and samples/s at each of --nfe_values (cost: nfe_samples x sum of the NFEs)")
-    parser.add_argument("--nfe_values", type=parse_nfe_values, default=NFE_VALUES, metavar="N,N,...",
+    parser.add_argument("--nfe_values", type=str, default=",".join(map(str, NFE_VALUES)), metavar="N,N,...",
                         help="NFEs of the curve (the model's default is added), e.g. 1,2,5,10,20,50")
     parser.add_argument("--nfe_samples", type=int, default=NFE_SAMPLES,
                         help="samples per NFE of the curve (its FIDs compare with each other, not the table's)")
     args = parser.parse_args(argv)
     if not args.runs and not args.group:
         parser.error("give at least one run folder or checkpoint (or a --group)")
-    groups = dict(args.group)
-    if len(groups) < len(args.group):
-        parser.error("each --group needs its own NAME")
-    settings = replace(protocol, metrics=args.metrics, num_samples=args.num_samples, max_real=args.max_real or None,
-                       features=args.features, features_weights=args.features_weights, seed=args.seed)
+    named = [_group_option(text) for text in args.group]
+    groups = dict(named)
+    if len(groups) < len(named):
+        raise ConfigValueError("each --group needs its own NAME")
+    settings = settings_from(args, max_real=args.max_real or None)  # --max_real 0: the whole split
     folder = compare(args.runs, args.out, settings, latent_holes=not args.no_latent_holes, device=args.device,
                      groups=groups, speed_batch=args.speed_batch, speed_seconds=args.speed_seconds,
-                     nfe_curve_on=args.nfe_curve, nfe_values=args.nfe_values, nfe_samples=args.nfe_samples,
-                     likelihood_images=args.likelihood_images)
+                     nfe_curve_on=args.nfe_curve, nfe_values=parse_nfe_values(args.nfe_values),
+                     nfe_samples=args.nfe_samples, likelihood_images=args.likelihood_images)
     print(f"report: {folder / 'report.html'} (table: {folder / 'report.md'})")
+
 

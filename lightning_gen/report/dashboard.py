@@ -13,7 +13,6 @@ report, as a markdown list: the dashboard shows logged curves, the verdicts come
 
 from __future__ import annotations
 
-import argparse
 import json
 import netrc
 import os
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 
 from lightning_gen.errors import LightningGenError
 from lightning_gen.metrics.registry import METRICS, spec_of
+from lightning_gen.parser import command_parser
 
 # the W&B groups of the Fashion-MNIST configs' runs: their model class names in lower case (lightning_gen/cli.py)
 FAMILIES = ("ae", "vae", "gan", "pixelcnn", "vqvae", "vqvaeprior", "flow", "flowmatching")
@@ -245,14 +245,14 @@ def _names(text: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m lightning_gen dashboard", description=__doc__.split("\n\n")[0])
+    parser = command_parser("python -m lightning_gen dashboard", __doc__.split("\n\n")[0])
     parser.add_argument("--entity", default=os.environ.get("WANDB_ENTITY"),
                         help="W&B user or team that owns the project (default: $WANDB_ENTITY)")
     parser.add_argument("--project", default=os.environ.get("WANDB_PROJECT", "lightning-gen"),
                         help="W&B project of the runs (default: $WANDB_PROJECT, else lightning-gen)")
     parser.add_argument("--families", default=",".join(FAMILIES), help="run groups to compare, comma-separated")
     parser.add_argument("--metrics", default=",".join(SHARED_METRICS), help="logged keys to plot, comma-separated")
-    parser.add_argument("--claims", metavar="COMPARE_OUT",
+    parser.add_argument("--claims", type=str | None, metavar="COMPARE_OUT",
                         help="put compare's computed claims (its --out folder or comparison.json) in the report")
     parser.add_argument("--dry-run", "--dry_run", action="store_true", dest="dry_run",
                         help="print what would be created; send nothing")
