@@ -14,7 +14,8 @@ help:
 	@echo "make test-fast - the unit tier of the suite only (the edit loop)"
 	@echo "make test-gpu - the GPU checks in gpu_tests/ (needs a CUDA device)"
 	@echo "make run      - train the default VAE on Fashion-MNIST (CONFIG=$(CONFIG)), then test it"
-	@echo "make bench    - every benchmark, one after another (~6 h on 2 cores, quality_at_budget ~4 h of it; BENCH_ARGS='--minutes 2': ~2 h) -> benchmarks/README.md"
+	@echo "make bench    - every benchmark, one after another (~5 h on 2 cores, quality_at_budget ~4 h of it; BENCH_ARGS='--minutes 2': ~1.5 h) -> benchmarks/results/, benchmarks/README.md"
+	@echo "make bench-quick - each benchmark's --quick mode, a crash check (numbers not meaningful) -> runs/bench_quick.md"
 	@echo "make compare  - train small AE, VAE, GAN, PixelCNN, flow and flow-matching runs (SEEDS=3: seeds 0-2 of each, grouped), then write $(COMPARE_DIR)/report/report.html"
 
 install:
@@ -104,7 +105,8 @@ compare:
 		$(call latest,gan_fmnist) $(call latest,pixelcnn_fmnist) $(call latest,flow_fmnist) \
 		$(call latest,flow_matching_fmnist) --out $(COMPARE_DIR)/report --likelihood_images 100 --nfe_samples 200
 
-# Every benchmark in turn; the page records date, machine and versions. BENCH_ARGS=--gpu on a GPU machine.
+# Every benchmark in turn: each one's output, with date, machine and versions, in benchmarks/results/<name>.md,
+# then the page composed from them. BENCH_ARGS=--gpu on a GPU machine; BENCH_ARGS='--only NAME' for one.
 bench:
 	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 

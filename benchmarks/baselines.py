@@ -1,13 +1,35 @@
-"""The hand-written and peer-library baselines of ``quality_at_budget.py`` for the flow families (issue 35).
+"""The benchmarks' baselines: one hand-written network and training loop per family, and the peer libraries'
+recipes of the two families that have one. ``quality_at_budget.py`` trains each against the family's default
+config for the same wall-clock budget; every benchmark that needs a hand-written baseline takes it from here.
 
 Every baseline trains for a wall-clock budget from the moment its function is called (data loading and
-building the nets count) and comes back as a ``Trained``: a model that offers
-``sample(n, generator) -> [n, 1, 28, 28]`` in [0, 1] and, for the normalizing flows,
-``prepare_input(images, generator)`` (uniform dequantisation) and ``log_likelihood(y)`` in nats per image
-of the DISCRETE 8-bit data, so that ``lightning_gen.metrics`` turns it into bits/dim. ``Trained``,
-``fashion_mnist`` and ``DEVICE`` serve quality_at_budget.py's older baselines too (which still live there).
+building the nets count; the data is the configs' split, ``FashionMNISTDataModule``, 54k training images, no
+workers) and comes back as a ``Trained``: a model that offers ``sample(n, generator) -> [n, 1, 28, 28]`` in
+[0, 1] and, where it has one, ``log_likelihood(x)`` in nats per image of the DISCRETE 8-bit data (with
+``prepare_input(images, generator)`` before it), so that ``lightning_gen.metrics`` turns it into bits/dim.
+Two standard settings per family, A and B, written as a competent user would write them:
 
-flow matching (no likelihood):
+gan: DCGAN (Radford et al. 2016) sized for 28x28: G z(100) -> linear 128x7x7 -> BN, ReLU -> 4x4 stride-2
+  transposed conv 64 -> BN, ReLU -> transposed conv 1 -> tanh; D 4x4 stride-2 conv 64 -> LeakyReLU(0.2) ->
+  conv 128 -> BN, LeakyReLU -> linear logit; weights N(0, 0.02); non-saturating BCE; Adam 2e-4, betas
+  (0.5, 0.999). A: batch 64; B: batch 128. Samples from G in eval mode (BN running stats).
+
+vae: a Bernoulli decoder (BCE with logits against the [0, 1] pixels, summed per image) plus the closed-form
+  KL, one reparameterised sample, Adam 1e-3, batch 128, 20 latents. A: the PyTorch example's MLP 784-400-20;
+  B: a small conv net (4x4 stride-2 convs 32, 64 channels, then linear; the decoder mirrors it). Samples:
+  z ~ N(0, I) through the decoder, its Bernoulli probabilities as the image. (The Bernoulli model is of [0, 1]
+  intensities, not 8-bit levels: no bits/dim.)
+
+ae: the vae's nets and loss without the KL (a deterministic 20-d code). Sampled like the package's AE: decode
+  draws from a full-covariance Gaussian fitted to training codes (here the codes of the first 10,000 training
+  images after training, outside the budget; the package's AE uses those of its last training epoch).
+
+pixelcnn: the classic PixelCNN (van den Oord et al. 2016a): 7x7 mask-A conv, then ReLU + 3x3 mask-B convs,
+  then ReLU, 1x1 conv, ReLU, 1x1 conv to a 256-way softmax per pixel; cross-entropy, Adam 1e-3, batch 64 (the
+  config's). A: 32 wide, 5 mask-B layers; B: 64 wide, 7 mask-B layers. Exact log-likelihood; sampling is 784
+  network passes, each over the window the next pixel can see.
+
+flow matching (issue 35; no likelihood):
 - plain A / B: a small time-conditioned conv U-Net (``PlainUNet``), the rectified-flow loss
   x_t = (1 - t) x0 + t x1, x0 ~ N(0, I), x1 the image in [-1, 1], t ~ U[0, 1], target x1 - x0 (MSE);
   a U-Net 32 wide (as wide as the default config's), Adam 1e-3, no EMA; Euler sampling at ``PLAIN_NFE`` = 50
@@ -19,7 +41,7 @@ flow matching (no likelihood):
   defaults (lr 1e-3), batch 128, images normalised to [-1, 1]; sampling with torchdyn's
   ``NeuralODE(solver="dopri5", atol=1e-4, rtol=1e-4)`` from t=0 to 1 (adaptive: the NFE it used is recorded).
 
-normalizing flow (bits/dim of the 8-bit data):
+normalizing flow (issue 35; bits/dim of the 8-bit data):
 - plain A / B: RealNVP (Dinh et al. 2017): uniform dequantisation y = (k + u) / 256, logit preprocessing
   v = logit(a + (1 - 2a) y) with a = 0.05, then per scale 3 checkerboard affine couplings, a squeeze, 3
   channel-wise couplings and half the channels factored out; 4 checkerboard couplings at the last scale
@@ -35,6 +57,7 @@ normalizing flow (bits/dim of the 8-bit data):
   class-conditional ``ClassCondDiagGaussian`` (every contender here is unconditional). Why normflows and not
   zuko: zuko's flows act on flat vectors (MAF, NSF, RealNVP with MLP conditioners) and it has no
   convolutional multi-scale image flow.
+  The peers need the ``bench`` extra (torchcfm, normflows).
 
 Bits/dim of a flow with uniform dequantisation (Theis et al. 2016): for 8-bit levels k and the density p_Y of
 y = (k + u) / 256, log P(k) >= E_u[log p_Y(y)] - D log 256; ``log_likelihood`` returns log p_Y(y) - D log 256
@@ -44,16 +67,18 @@ in log p_Y.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from budget import batches_until, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
+from budget import batches_until, descend, train_plain  # noqa: E402  (benchmarks/ is the script's folder)
 from torch import Tensor, nn
 
 from lightning_gen.data import FashionMNISTDataModule
@@ -81,6 +106,247 @@ def fashion_mnist(batch_size: int) -> FashionMNISTDataModule:
     return data
 
 
+def train_plain_model(seconds: float, seed: int, batch_size: int, build: Callable[[], nn.Module],
+                      loss: Callable[[nn.Module, Tensor], Tensor],
+                      optimizer: Callable = functools.partial(torch.optim.Adam, lr=1e-3),
+                      finish: Callable[[nn.Module, FashionMNISTDataModule], nn.Module] | None = None) -> Trained:
+    """The plain scripts' loop: inside the budget the seed, the data, ``build()`` and ``optimizer(parameters)``,
+    then ``loss(model, batch on DEVICE)`` -> zero_grad, backward, step until ``seconds`` have passed; then
+    ``finish(model, data)`` (the model to sample from, e.g. after the AE's code fit; outside the budget)."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    data = fashion_mnist(batch_size)
+    model = build().to(DEVICE)
+    images, train_seconds = train_plain(seconds, data.train_dataloader, lambda x: loss(model, x.to(DEVICE)),
+                                        optimizer(model.parameters()), started=started)
+    model.eval()
+    trained = finish(model, data) if finish else model
+    return Trained(trained, images, train_seconds, time.perf_counter() - started)
+
+
+# ================================================================================================
+# GAN: DCGAN
+# ================================================================================================
+LATENT_GAN = 100
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.: conv and linear weights from N(0, 0.02), batch-norm scales from N(1, 0.02)."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def dcgan_generator() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(LATENT_GAN, 128 * 7 * 7), nn.BatchNorm1d(128 * 7 * 7), nn.ReLU(),
+        nn.Unflatten(1, (128, 7, 7)),
+        nn.ConvTranspose2d(128, 64, 4, stride=2, padding=1), nn.BatchNorm2d(64), nn.ReLU(),  # (N, 64, 14, 14)
+        nn.ConvTranspose2d(64, 1, 4, stride=2, padding=1), nn.Tanh(),  # (N, 1, 28, 28) in [-1, 1]
+    )
+
+
+def dcgan_discriminator() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 64, 4, stride=2, padding=1), nn.LeakyReLU(0.2),  # (N, 64, 14, 14)
+        nn.Conv2d(64, 128, 4, stride=2, padding=1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),  # (N, 128, 7, 7)
+        nn.Flatten(), nn.Linear(128 * 7 * 7, 1), nn.Flatten(0),  # (N,) logits
+    )
+
+
+class GeneratorSamples(nn.Module):
+    data_shape = SHAPE
+
+    def __init__(self, generator: nn.Module):
+        super().__init__()
+        self.generator = generator
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        z = torch.randn(n, LATENT_GAN, generator=generator, device=DEVICE)
+        return (self.generator(z) + 1) / 2
+
+
+def train_plain_gan(seconds: float, seed: int, batch_size: int) -> Trained:
+    """One D step and one G step per batch, G's on the batch of fakes D just saw."""
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    data = fashion_mnist(batch_size)
+    g, d = dcgan_generator().to(DEVICE), dcgan_discriminator().to(DEVICE)
+    g.apply(dcgan_init)
+    d.apply(dcgan_init)
+    opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    images = 0
+    for x, _ in batches_until(started + seconds, data.train_dataloader):
+        real = x.to(DEVICE) * 2 - 1  # the generator's tanh range
+        ones, zeros = torch.ones(len(real), device=DEVICE), torch.zeros(len(real), device=DEVICE)
+        fake = g(torch.randn(len(real), LATENT_GAN, device=DEVICE))
+        # D: -log D(x) - log(1 - D(G(z))); then G, non-saturating: -log D(G(z)) through the updated D
+        descend(opt_d, F.binary_cross_entropy_with_logits(d(real), ones)
+                + F.binary_cross_entropy_with_logits(d(fake.detach()), zeros))
+        descend(opt_g, F.binary_cross_entropy_with_logits(d(fake), ones))
+        images += len(real)
+    seconds_used = time.perf_counter() - started
+    return Trained(GeneratorSamples(g), images, seconds_used, seconds_used)
+
+
+# ================================================================================================
+# AE and VAE: Bernoulli autoencoders
+# ================================================================================================
+LATENT_AE = 20
+
+
+def mlp_nets(code_size: int) -> tuple[nn.Module, nn.Module]:
+    """The PyTorch example's VAE nets: 784-400-code, and 20-400-784 logits."""
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, code_size))
+    decoder = nn.Sequential(nn.Linear(LATENT_AE, 400), nn.ReLU(), nn.Linear(400, 784), nn.Unflatten(1, SHAPE))
+    return encoder, decoder
+
+
+def conv_nets(code_size: int) -> tuple[nn.Module, nn.Module]:
+    encoder = nn.Sequential(
+        nn.Conv2d(1, 32, 4, stride=2, padding=1), nn.ReLU(),  # (N, 32, 14, 14)
+        nn.Conv2d(32, 64, 4, stride=2, padding=1), nn.ReLU(),  # (N, 64, 7, 7)
+        nn.Flatten(), nn.Linear(64 * 7 * 7, code_size),
+    )
+    decoder = nn.Sequential(
+        nn.Linear(LATENT_AE, 64 * 7 * 7), nn.ReLU(), nn.Unflatten(1, (64, 7, 7)),
+        nn.ConvTranspose2d(64, 32, 4, stride=2, padding=1), nn.ReLU(),  # (N, 32, 14, 14)
+        nn.ConvTranspose2d(32, 1, 4, stride=2, padding=1),  # (N, 1, 28, 28) logits
+    )
+    return encoder, decoder
+
+
+class BernoulliAutoencoder(nn.Module):
+    """decoder(z) are the logits of p(x|z), one Bernoulli per pixel, fitted to the [0, 1] intensities.
+
+    ``variational``: the encoder gives q(z|x) = N(mean, diag(exp(logvar))) and the prior is N(0, I) (a
+    VAE); otherwise the code is deterministic (an AE), sampled from a Gaussian fitted to training codes.
+    """
+
+    data_shape = SHAPE
+
+    def __init__(self, nets: Callable[[int], tuple[nn.Module, nn.Module]], variational: bool):
+        super().__init__()
+        self.variational = variational
+        self.encoder, self.decoder = nets(2 * LATENT_AE if variational else LATENT_AE)
+        self.register_buffer("code_mean", torch.zeros(LATENT_AE))
+        self.register_buffer("code_scale_tril", torch.eye(LATENT_AE))
+
+    def loss(self, x: Tensor) -> Tensor:
+        """-ELBO (VAE) or the reconstruction cross-entropy (AE), nats per image, mean over the batch."""
+        if self.variational:
+            mean, logvar = self.encoder(x).chunk(2, dim=1)  # (N, 20) each
+            z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+            kl = 0.5 * (mean.pow(2) + logvar.exp() - 1 - logvar).sum(1)  # KL(q(z|x) || N(0, I)), (N,)
+        else:
+            z, kl = self.encoder(x), 0.0
+        reconstruction = F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum((1, 2, 3))
+        return (reconstruction + kl).mean()
+
+    @torch.no_grad()
+    def fit_code_gaussian(self, images: Tensor) -> None:
+        codes = torch.cat([self.encoder(chunk) for chunk in images.split(1000)]).double()  # (M, 20)
+        covariance = torch.cov(codes.T, correction=0) + 1e-6 * torch.eye(LATENT_AE, dtype=torch.float64,
+                                                                         device=codes.device)
+        self.code_mean.copy_(codes.mean(0).float())
+        self.code_scale_tril.copy_(torch.linalg.cholesky(covariance).float())
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        eps = torch.randn(n, LATENT_AE, generator=generator, device=DEVICE)
+        z = eps if self.variational else self.code_mean + eps @ self.code_scale_tril.T
+        return torch.sigmoid(self.decoder(z))
+
+
+def fit_codes(model: BernoulliAutoencoder, data: FashionMNISTDataModule) -> BernoulliAutoencoder:
+    """An AE's code Gaussian from the codes of the first 10,000 training images (a VAE samples its prior)."""
+    if not model.variational:
+        first = torch.stack([data.train_set[i][0] for i in range(min(10_000, len(data.train_set)))])
+        model.fit_code_gaussian(first.to(DEVICE))
+    return model
+
+
+def train_plain_autoencoder(seconds: float, seed: int, nets: Callable[[int], tuple[nn.Module, nn.Module]],
+                            variational: bool) -> Trained:
+    return train_plain_model(seconds, seed, 128, lambda: BernoulliAutoencoder(nets, variational),
+                             lambda model, x: model.loss(x), finish=fit_codes)
+
+
+# ================================================================================================
+# PixelCNN: the classic masked-convolution net
+# ================================================================================================
+class MaskedConv2d(nn.Conv2d):
+    """A convolution that sees only the pixels above and left of the centre; mask "B" also the centre."""
+
+    def __init__(self, mask: str, in_channels: int, out_channels: int, kernel_size: int):
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        centre = kernel_size // 2
+        allowed = torch.ones_like(self.weight)
+        allowed[:, :, centre, centre + (mask == "B"):] = 0
+        allowed[:, :, centre + 1:] = 0
+        self.register_buffer("allowed", allowed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight * self.allowed, self.bias, padding=self.padding)
+
+
+class ClassicPixelCNN(nn.Module):
+    """images [N, 1, 28, 28] in [0, 1] -> logits [N, 256, 28, 28] of each pixel's 8-bit level."""
+
+    data_shape = SHAPE
+
+    def __init__(self, width: int, b_layers: int):
+        super().__init__()
+        layers = [MaskedConv2d("A", 1, width, 7)]
+        for _ in range(b_layers):
+            layers += [nn.ReLU(), MaskedConv2d("B", width, width, 3)]
+        layers += [nn.ReLU(), nn.Conv2d(width, width, 1), nn.ReLU(), nn.Conv2d(width, 256, 1)]
+        self.net = nn.Sequential(*layers)
+        # the receptive field reaches this many rows up and columns to either side: 3 from the 7x7 conv,
+        # 1 per 3x3 conv
+        self.reach = 3 + b_layers
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return images
+
+    def loss(self, x: Tensor) -> Tensor:
+        """Cross-entropy of the 8-bit levels: nats per pixel, mean over the batch."""
+        return F.cross_entropy(self(x), torch.round(x[:, 0] * 255).long())
+
+    def log_likelihood(self, x: Tensor) -> Tensor:
+        """Exact log p(x), ``[N]`` nats per image."""
+        levels = torch.round(x[:, 0] * 255).long()  # (N, 28, 28)
+        return -F.cross_entropy(self(x), levels, reduction="none").sum((1, 2))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        x = torch.zeros(n, *SHAPE, device=DEVICE)
+        for i in range(SHAPE[1]):
+            for j in range(SHAPE[2]):
+                # one pass over the window pixel (i, j) sees gives its exact logits, at a fraction of the cost
+                top, left = max(0, i - self.reach), max(0, j - self.reach)
+                window = x[:, :, top: i + 1, left: j + self.reach + 1]
+                logits = self(window)[:, :, -1, j - left]  # (n, 256)
+                level = torch.multinomial(logits.softmax(1), 1, generator=generator)  # (n, 1)
+                x[:, 0, i, j] = level[:, 0] / 255
+        return x
+
+
+def train_plain_pixelcnn(seconds: float, seed: int, width: int, b_layers: int) -> Trained:
+    return train_plain_model(seconds, seed, 64, lambda: ClassicPixelCNN(width, b_layers),
+                             lambda model, x: model.loss(x))
+
+
+# ================================================================================================
+# shared by the flows
+# ================================================================================================
 def dequantize(images: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """8-bit images k / 255 in [0, 1] -> y = (k + u) / 256 in [0, 1), u ~ U[0, 1) per sub-pixel."""
     noise = torch.rand(images.shape, generator=generator, device=images.device)
@@ -90,6 +356,27 @@ def dequantize(images: Tensor, generator: torch.Generator | None = None) -> Tens
 def standard_normal_log_density(z: Tensor) -> Tensor:
     """log N(z; 0, I) summed over all but the first dimension: ``[N]`` nats."""
     return -0.5 * (z.pow(2) + math.log(2 * math.pi)).flatten(1).sum(1)
+
+
+class DequantizedFlow(nn.Module):
+    """The likelihood surface of a flow over dequantised images y = (k + u) / 256: ``prepare_input`` draws u,
+    ``log_likelihood`` is the bound on log P(k). A subclass gives ``continuous_log_likelihood(y)`` (log p_Y)."""
+
+    likelihood_name = "a flow"
+
+    def continuous_log_likelihood(self, y: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        return dequantize(images, generator)
+
+    def log_likelihood(self, y: Tensor) -> Tensor:
+        """log p_Y(y) - D log 256: the dequantisation bound on log P(k), ``[N]`` nats per image."""
+        return self.continuous_log_likelihood(y) - NUM_DIMS * math.log(256)
+
+    def likelihood_protocol(self) -> dict:
+        return {"estimator": "exact change of variables", "likelihood": self.likelihood_name,
+                "dequantization": "uniform (k+u)/256, lower bound on the discrete likelihood"}
 
 
 # ================================================================================================
@@ -176,15 +463,9 @@ class EulerSampler(nn.Module):
 
 
 def train_plain_flow_matching(seconds: float, seed: int, batch_size: int, nfe: int = PLAIN_NFE) -> Trained:
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    data = fashion_mnist(batch_size)
-    net = PlainUNet(PLAIN_WIDTH).to(DEVICE)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    images, train_seconds = train_plain(seconds, data.train_dataloader,
-                                        lambda x: rectified_flow_loss(net, x.to(DEVICE) * 2 - 1), optimizer,
-                                        started=started)
-    return Trained(EulerSampler(net.eval(), nfe), images, train_seconds, time.perf_counter() - started)
+    return train_plain_model(seconds, seed, batch_size, lambda: PlainUNet(PLAIN_WIDTH),
+                             lambda net, x: rectified_flow_loss(net, x * 2 - 1),
+                             finish=lambda net, data: EulerSampler(net, nfe))
 
 
 def torchcfm_loss(net: nn.Module, matcher, x1: Tensor, x0: Tensor | None = None, t: Tensor | None = None) -> Tensor:
@@ -226,17 +507,11 @@ class TorchCFMPeer(nn.Module):
 def train_torchcfm(seconds: float, seed: int, batch_size: int = 128) -> Trained:
     from torchcfm.conditional_flow_matching import ExactOptimalTransportConditionalFlowMatcher
 
-    started = time.perf_counter()
-    torch.manual_seed(seed)
     np.random.seed(seed)  # the OT plan's pairs are drawn with numpy
-    data = fashion_mnist(batch_size)
-    model = TorchCFMPeer().to(DEVICE)
-    optimizer = torch.optim.Adam(model.net.parameters())
     matcher = ExactOptimalTransportConditionalFlowMatcher(sigma=0.0)
-    images, train_seconds = train_plain(seconds, data.train_dataloader,
-                                        lambda x: torchcfm_loss(model.net, matcher, x.to(DEVICE) * 2 - 1), optimizer,
-                                        started=started)
-    return Trained(model.eval(), images, train_seconds, time.perf_counter() - started)
+    return train_plain_model(seconds, seed, batch_size, TorchCFMPeer,
+                             lambda model, x: torchcfm_loss(model.net, matcher, x * 2 - 1),
+                             optimizer=torch.optim.Adam)  # torch's defaults, as their notebook
 
 
 # ================================================================================================
@@ -309,7 +584,7 @@ class AffineCoupling(nn.Module):
         return torch.cat([a, b] if self.parity == 0 else [b, a], 1)
 
 
-class RealNVP(nn.Module):
+class RealNVP(DequantizedFlow):
     """RealNVP for ``[N, 1, 28, 28]`` images: y in [0, 1) -> latents (x = the logit-space image).
 
     scale 1 (1x28x28): 3 checkerboard couplings, squeeze (4x14x14), 3 channel couplings, factor out 2 channels;
@@ -318,6 +593,7 @@ class RealNVP(nn.Module):
     """
 
     data_shape = SHAPE
+    likelihood_name = "RealNVP (plain baseline)"
 
     def __init__(self, hidden: int):
         super().__init__()
@@ -380,18 +656,6 @@ class RealNVP(nn.Module):
         latents, log_det = self(y)
         return sum(standard_normal_log_density(z) for z in latents) + log_det
 
-    # the surface quality_at_budget evaluates
-    def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return dequantize(images, generator)
-
-    def log_likelihood(self, y: Tensor) -> Tensor:
-        """The dequantisation bound on log P(k): log p_Y(y) - D log 256, ``[N]`` nats per image."""
-        return self.continuous_log_likelihood(y) - NUM_DIMS * math.log(256)
-
-    def likelihood_protocol(self) -> dict:
-        return {"estimator": "exact change of variables", "likelihood": "RealNVP (plain baseline)",
-                "dequantization": "uniform (k+u)/256, lower bound on the discrete likelihood"}
-
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         shapes = [(2, 14, 14), (4, 7, 7), (4, 7, 7)]
@@ -400,19 +664,12 @@ class RealNVP(nn.Module):
 
 
 def train_plain_flow(seconds: float, seed: int, hidden: int, batch_size: int = 64) -> Trained:
-    started = time.perf_counter()
-    torch.manual_seed(seed)
-    data = fashion_mnist(batch_size)
-    model = RealNVP(hidden).to(DEVICE)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    images, train_seconds = train_plain(  # nats per dimension of y: the scale of bits/dim, times log 2
-        seconds, data.train_dataloader,
-        lambda x: -model.continuous_log_likelihood(dequantize(x.to(DEVICE))).mean() / NUM_DIMS, optimizer,
-        started=started)
-    return Trained(model.eval(), images, train_seconds, time.perf_counter() - started)
+    # the loss in nats per dimension of y: the scale of bits/dim, times log 2
+    return train_plain_model(seconds, seed, batch_size, lambda: RealNVP(hidden),
+                             lambda model, x: -model.continuous_log_likelihood(dequantize(x)).mean() / NUM_DIMS)
 
 
-class NormflowsGlow(nn.Module):
+class NormflowsGlow(DequantizedFlow):
     """normflows' multi-scale Glow over y in [0, 1) (no logit: as in their example), unconditional.
 
     Level 0 is the coarsest: K GlowBlocks on 8x7x7, then ``Squeeze`` (normflows' forward, latent -> data, is
@@ -421,6 +678,7 @@ class NormflowsGlow(nn.Module):
     """
 
     data_shape = SHAPE
+    likelihood_name = "normflows Glow (peer)"  # their bits/dim: nll / (D log 2) + 8, our log_likelihood's
 
     def __init__(self, levels: int = 2, blocks: int = 16, hidden: int = 256):
         super().__init__()
@@ -442,19 +700,8 @@ class NormflowsGlow(nn.Module):
             bases.append(nf.distributions.DiagGaussian(latent))
         self.flow = nf.MultiscaleFlow(bases, flows, merges, class_cond=False)
 
-    def prepare_input(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        return dequantize(images, generator)
-
     def continuous_log_likelihood(self, y: Tensor) -> Tensor:
         return self.flow.log_prob(y, None)
-
-    def log_likelihood(self, y: Tensor) -> Tensor:
-        """log p_Y(y) - D log 256, ``[N]`` nats per image (their bits/dim: nll / (D log 2) + 8)."""
-        return self.continuous_log_likelihood(y) - NUM_DIMS * math.log(256)
-
-    def likelihood_protocol(self) -> dict:
-        return {"estimator": "exact change of variables", "likelihood": "normflows Glow (peer)",
-                "dequantization": "uniform (k+u)/256, lower bound on the discrete likelihood"}
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -482,3 +729,36 @@ def train_normflows_glow(seconds: float, seed: int, batch_size: int = 128) -> Tr
         images += len(x)
     seconds_used = time.perf_counter() - started
     return Trained(model.eval(), images, seconds_used, seconds_used)
+
+
+# ================================================================================================
+# the settings quality_at_budget trains: family -> [(setting, description, train(seconds, seed) -> Trained)]
+# ================================================================================================
+def _autoencoder(nets: Callable[[int], tuple[nn.Module, nn.Module]], variational: bool) -> Callable[..., Trained]:
+    return functools.partial(train_plain_autoencoder, nets=nets, variational=variational)
+
+
+PLAIN_SETTINGS = {
+    "gan": [("A", "DCGAN, batch 64", functools.partial(train_plain_gan, batch_size=64)),
+            ("B", "DCGAN, batch 128", functools.partial(train_plain_gan, batch_size=128))],
+    "vae": [("A", "MLP 784-400-20, Bernoulli decoder", _autoencoder(mlp_nets, variational=True)),
+            ("B", "conv 32-64, 20 latents, Bernoulli decoder", _autoencoder(conv_nets, variational=True))],
+    "ae": [("A", "MLP 784-400-20, BCE", _autoencoder(mlp_nets, variational=False)),
+           ("B", "conv 32-64, 20-d code, BCE", _autoencoder(conv_nets, variational=False))],
+    "pixelcnn": [("A", "classic, 32 wide, 5 mask-B layers", functools.partial(train_plain_pixelcnn, width=32,
+                                                                               b_layers=5)),
+                 ("B", "classic, 64 wide, 7 mask-B layers", functools.partial(train_plain_pixelcnn, width=64,
+                                                                               b_layers=7))],
+    "flow_matching": [("A", "rectified flow, U-Net 32 wide, batch 64",
+                       functools.partial(train_plain_flow_matching, batch_size=64)),
+                      ("B", "rectified flow, U-Net 32 wide, batch 128",
+                       functools.partial(train_plain_flow_matching, batch_size=128))],
+    "flow": [("A", "RealNVP, 32 hidden channels, batch 64", functools.partial(train_plain_flow, hidden=32)),
+             ("B", "RealNVP, 64 hidden channels, batch 64", functools.partial(train_plain_flow, hidden=64))],
+}
+# family -> (the peer library, its recipe, train(seconds, seed) -> Trained)
+PEER_RECIPES = {
+    "flow_matching": ("torchcfm", "their MNIST example: exact-OT CFM, sigma 0, their U-Net 32 wide, batch 128",
+                      train_torchcfm),
+    "flow": ("normflows", "their Glow example: L=2, K=16, 256 hidden, Adamax 1e-3, batch 128", train_normflows_glow),
+}

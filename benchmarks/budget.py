@@ -1,5 +1,6 @@
-"""Shared by the benchmarks: wall-clock budgets and clocks for Lightning fits, the plain baseline loop
-(the machine's description: machine_info.py)."""
+"""Shared by the benchmarks: wall-clock budgets and clocks for Lightning fits, the plain baseline loop and
+its step, a printed table of ratios (the machine's description: machine_info.py; the hand-written
+baselines: baselines.py)."""
 
 from __future__ import annotations
 
@@ -57,12 +58,16 @@ def train_plain(seconds: float, loader_factory, loss_of, optimizer, started: flo
     seconds on the clock at the end)."""
     images, start = 0, time.perf_counter() if started is None else started
     for x, _ in batches_until(start + seconds, loader_factory):
-        loss = loss_of(x)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, loss_of(x))
         images += len(x)
     return images, time.perf_counter() - start
+
+
+def descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    """One step of a hand-written loop on ``loss``: zero_grad, backward, step."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
 
 
 class WarmupClock(pl.Callback):
@@ -92,3 +97,13 @@ class WarmupClock(pl.Callback):
             self.rate = self.images / elapsed
             if elapsed >= self.seconds:
                 trainer.should_stop = True
+
+
+def print_ratios(title: str, columns: tuple[str, str, str], rows: list[tuple[str, float]], reference: float,
+                 value_format: str = ".0f") -> None:
+    """``title``, then one aligned line per (name, value) with value / ``reference`` beside it."""
+    width = max(len(columns[0]), *(len(name) for name, _ in rows)) + 2
+    print(f"\n{title}")
+    print(f"{columns[0]:<{width}} {columns[1]:>10} {columns[2]:>14}")
+    for name, value in rows:
+        print(f"{name:<{width}} {value:>10{value_format}} {value / reference:>13.2f}x")

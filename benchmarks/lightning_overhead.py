@@ -42,7 +42,7 @@ from typing import Callable
 import lightning.pytorch as pl
 import torch
 import yaml
-from budget import WarmupClock  # noqa: E402  (benchmarks/ is the script's folder)
+from budget import WarmupClock, descend  # noqa: E402  (benchmarks/ is the script's folder)
 
 from lightning_gen.data.pixels import to_signed
 from lightning_gen.losses import gaussian_kl_to_standard, reparameterize
@@ -99,9 +99,7 @@ def plain_autoencoder(model, init_args) -> Callable[[torch.Tensor], None]:
             loss = (-log_px_z + linear_warmup(steps, model.kl_warmup_steps, model.beta) * kl).mean()
         else:
             loss = -likelihood.log_prob(decoder(encoder(x)), x).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, loss)
         steps += 1
 
     return step
@@ -113,10 +111,7 @@ def plain_pixelcnn(model, init_args) -> Callable[[torch.Tensor], None]:
     net.train()
 
     def step(images: torch.Tensor) -> None:
-        loss = -distribution.log_prob(net(images), images).mean()  # nats per image
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        descend(optimizer, -distribution.log_prob(net(images), images).mean())  # nats per image
 
     return step
 
@@ -135,16 +130,10 @@ def plain_gan(model, init_args) -> Callable[[torch.Tensor], None]:
         for _ in range(model.n_disc_steps):
             with torch.no_grad():
                 fake = g(torch.randn(len(real), model.latent_dim, generator=noise))
-            loss = objective.discriminator_loss(d(real), d(fake))
-            opt_d.zero_grad()
-            loss.backward()
-            opt_d.step()
+            descend(opt_d, objective.discriminator_loss(d(real), d(fake)))
         for _ in range(model.n_gen_steps):
             d.requires_grad_(False)  # G's loss needs gradients through D, not for D's weights
-            loss = objective.generator_loss(d(g(torch.randn(len(real), model.latent_dim, generator=noise))))
-            opt_g.zero_grad()
-            loss.backward()
-            opt_g.step()
+            descend(opt_g, objective.generator_loss(d(g(torch.randn(len(real), model.latent_dim, generator=noise)))))
             d.requires_grad_(True)
             with torch.no_grad():  # the model's EMA schedule: decay min(ema_decay, (1 + n) / (10 + n))
                 decay = min(model.ema_decay, (1 + updates) / (10 + updates))

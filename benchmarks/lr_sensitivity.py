@@ -16,7 +16,8 @@ lr both (their ratio kept). Evaluation is quality_at_budget's too (``evaluate``:
 A run failed when it diverged (training stopped on a non-finite loss, or a non-finite FID) or collapsed
 (recall below ``lightning_gen.report.groups.RECALL_COLLAPSE``, the threshold ``compare`` uses: see there).
 One seed per rate: a single GAN run is a draw, not a property of the rate; read the table with
-``make compare SEEDS=3``'s spread of FID over seeds beside it. Results append to ``--results`` (JSONL) when given.
+``make compare SEEDS=3``'s spread of FID over seeds beside it. Each run's record is appended to ``--results``
+(default benchmarks/results/lr_sensitivity.jsonl; ``--quick`` appends nothing unless given one).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from lightning_gen.report.groups import RECALL_COLLAPSE
 FAMILIES = ("vae", "gan")
 OPTIMIZERS = {"vae": ("optimizer",), "gan": ("generator_optimizer", "discriminator_optimizer")}  # as configs name them
 FACTORS = (0.5, 1.0, 2.0)
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "lr_sensitivity.jsonl"
 
 
 def config_rates(family: str) -> dict[str, float]:
@@ -109,11 +111,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--num-samples", type=int, default=10_000, help="FID etc.: samples and test images")
     parser.add_argument("--nll-images", type=int, default=1000, help="test images for the VAE's bits/dim")
-    parser.add_argument("--results", type=Path, help="JSONL file to append each run's record to")
+    parser.add_argument("--results", type=Path, help="JSONL file to append each run's record to (default "
+                        f"{DEFAULT_RESULTS.relative_to(REPO)}; with --quick none)")
     parser.add_argument("--quick", action="store_true", help="0.5 s per run, 50 samples: a crash check")
     args = parser.parse_args(argv)
     if args.quick:
         args.minutes, args.num_samples, args.nll_images = QUICK_MINUTES, QUICK_SAMPLES, QUICK_NLL_IMAGES
+    elif args.results is None:
+        args.results = DEFAULT_RESULTS
     return args
 
 

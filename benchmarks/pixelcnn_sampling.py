@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -159,7 +160,7 @@ def main() -> None:
             graph_images, graph_s = time_fast(model, n, args.seed, sampler="fast")
             graph = (record_s, graph_s, "yes" if torch.equal(graph_images, fast_images) else "NO")
         table.append((n, fast_s, ref_s, rows, same, graph))
-        print(f"done: batch {n}", flush=True)
+        print(f"done: batch {n}", file=sys.stderr, flush=True)
 
     print(f"\nPixelCNN sampling, {'quick tiny model' if args.quick else CONFIG.name + ' model'} "
           f"({channels}x{height}x{width}, hidden {model.hparams.hidden}, {model.hparams.layers} layers, "

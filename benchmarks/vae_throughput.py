@@ -15,6 +15,7 @@ import time
 
 import lightning.pytorch as pl
 import torch
+from budget import print_ratios  # noqa: E402  (benchmarks/ is the script's folder)
 
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.models import VAE
@@ -54,11 +55,8 @@ def main() -> None:
     for k in (1, 8) if args.quick else (1, 8, 128):
         rows.append((f"IWAE eval, k={k}", images_per_second(lambda: model.log_likelihood(x, k=k), len(x))))
 
-    baseline = rows[1][1]
-    print(f"\nVAE throughput, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'what':<20} {'images/s':>10} {'vs train step':>14}")
-    for name, rate in rows:
-        print(f"{name:<20} {rate:>10.0f} {rate / baseline:>13.2f}x")
+    title = f"VAE throughput, batch {args.batch_size}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print_ratios(title, ("what", "images/s", "vs train step"), rows, reference=rows[1][1])
 
 
 if __name__ == "__main__":

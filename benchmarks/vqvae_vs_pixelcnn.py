@@ -19,7 +19,7 @@ features, ``--num-samples`` samples (seed 0) vs as many test images (``quality_a
 on ``--nll-images`` test images for the PixelCNN, which has an exact likelihood; the two-stage model has
 only a bound, not reported here); samples/s at batch 64 (the mean of ``--sample-repeats`` timed calls of
 ``sample(64)`` after one untimed call; each model's default sampler); images trained in each stage.
-Each run appends one JSON line per contender to ``--results`` (default benchmarks/vqvae_vs_pixelcnn.jsonl;
+Each run appends one JSON line per contender to ``--results`` (default benchmarks/results/vqvae_vs_pixelcnn.jsonl;
 ``--quick``: a temporary file) and prints a table.
 """
 
@@ -37,13 +37,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import lightning  # noqa: E402
 import torch  # noqa: E402
+from baselines import DEVICE, Trained  # noqa: E402
 from machine_info import cpu_name  # noqa: E402  (benchmarks/ is the script's folder)
-from quality_at_budget import DEVICE, FEATURES, Trained, evaluate, load_average, machine, train_default  # noqa: E402
+from quality_at_budget import FEATURES, evaluate, load_average, machine, train_default  # noqa: E402
 
 import lightning_gen  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_RESULTS = REPO / "benchmarks" / "vqvae_vs_pixelcnn.jsonl"
+DEFAULT_RESULTS = REPO / "benchmarks" / "results" / "vqvae_vs_pixelcnn.jsonl"
 QUICK_MINUTES, QUICK_SAMPLES, QUICK_NLL_IMAGES, QUICK_SUBSET = 0.1, 32, 16, 1000
 
 
@@ -177,7 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"VQ-VAE + PixelCNN prior ({args.vqvae_share:.0%} / {1 - args.vqvae_share:.0%} of the budget) vs the "
               f"pixel PixelCNN at {args.minutes:g} min each, Fashion-MNIST{' (quick: not meaningful)' * args.quick}")
         print(f"this machine: {cpu_name()}, {os.cpu_count()} cores; torch {torch.__version__}, "
-              f"{torch.get_num_threads()} threads, device {DEVICE.type}; results: {results}\n")
+              f"{torch.get_num_threads()} threads, device {DEVICE.type}; results: "
+              f"{results.relative_to(REPO) if results.is_relative_to(REPO) else results}\n")
         print("\n".join(table(records, args.minutes)))
 
 

@@ -41,7 +41,7 @@ class _Autoencoder(GenerativeModule):
     ``decode_statistic``: which point estimate of p(x|z) ``decode`` (and so ``sample`` and the
     reconstructions) returns per pixel: "mean" (E[x|z]) or "median". With the discretised logistic the
     median is markedly sharper: E[x|z] of a wide logistic near 0 or 1 is pulled inward by its clipped
-    tails, a grey veil that a feature-based metric punishes (benchmarks/README.md: FID in fmnist_clf
+    tails, a grey veil that a feature-based metric punishes (benchmarks/history.md: FID in fmnist_clf
     features 305 -> 146).
     """
 

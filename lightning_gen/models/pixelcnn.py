@@ -53,7 +53,7 @@ class PixelCNN(GenerativeModule):
         channels_last: keep the network's weights, and so its activations, in NHWC memory order (oneDNN's
             preferred layout for CPU convolutions; the categorical softmax then runs along memory). The same
             maths: the Fashion-MNIST config trained 1.14-1.18x the images/s in float32 on a 2-core CPU, no
-            measurable change under ``bf16-mixed`` (benchmarks/README.md).
+            measurable change under ``bf16-mixed`` (benchmarks/history.md).
     """
 
     speed_samplers = ("reference",)  # compare measures it beside the default: the cost caching saves

@@ -1,6 +1,6 @@
 """One-hidden-layer MLP encoder/decoder for images, the nets of the PyTorch VAE example (784-400-20):
 on a CPU they train an order of magnitude more images per second than the conv pair, which at a budget
-of minutes is worth more than the convolutions' inductive bias (benchmarks/README.md, quality_at_budget)."""
+of minutes is worth more than the convolutions' inductive bias (benchmarks/history.md, quality_at_budget)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ groups, on the earlier channels of pixel t).
   Autoregressive Models").
 - ``ClassicPixelCNN`` (van den Oord et al. 2016, "Pixel Recurrent Neural Networks"): a 7x7 type-A
   convolution then 3x3 type-B convolutions; its receptive field has the well-known blind spot above and
-  to the right. Kept as the reference point for tests and benchmarks.
+  to the right. Kept as the reference point for tests.
 """
 
 from __future__ import annotations

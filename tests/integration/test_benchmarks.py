@@ -1,9 +1,11 @@
-"""`make bench`'s runner in its quick mode: every benchmark starts, runs and prints its table (a crash
+"""`make bench`'s runner in its quick mode: every benchmark starts, runs, prints its table and lands on the
+page with its command, date and machine, while the repository's results and page stay as they were (a crash
 check; the numbers of a quick run are not meaningful and are not asserted). And the arithmetic of the
 fixed-budget quality table: median, worst seed, the better of the two baselines, the peer library's recipe."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -12,8 +14,10 @@ import pytest
 from tests.support.paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from quality_at_budget import DEFAULT_RESULTS, config_digest, family_table  # noqa: E402
-from run_all import BENCHMARKS  # noqa: E402
+from machine_info import cpu_name  # noqa: E402
+from quality_at_budget import DEFAULT_RESULTS  # noqa: E402
+from quality_report import config_digest, family_table, summary_table  # noqa: E402
+from run_all import BENCHMARKS, PAGE, RESULTS, result_path  # noqa: E402
 
 
 def _file_state(path):
@@ -25,17 +29,21 @@ def _file_state(path):
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_every_benchmark_runs_in_quick_mode_and_lands_on_the_page(tmp_path, name):
     page = tmp_path / "bench.md"
-    quality_results = _file_state(DEFAULT_RESULTS)
+    committed = {path: _file_state(path) for path in (DEFAULT_RESULTS, PAGE, result_path(RESULTS, name))}
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_all.py"), "--quick", "--only", name,
                              "--out", str(page)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     text = page.read_text()
-    assert "FAILED" not in text and "mode: quick" in text and "torch " in text
+    assert "mode: quick" in text
     (section,) = text.split("\n## ")[1:]
     assert section.split("\n", 1)[0] == name
+    # the command that ran, then the date and the machine
+    assert re.search(rf"Latest: `python benchmarks/{name}\.py[^`]* --quick[^`]*` on \d{{4}}-\d\d-\d\d \d\d:\d\d, "
+                     f"{re.escape(cpu_name())}, ", section), section[:600]
     block = section.split("```")[1]  # it printed a table with at least a header and one measured row
     assert len([line for line in block.splitlines() if line.strip()]) >= 3, section[:200]
-    assert _file_state(DEFAULT_RESULTS) == quality_results, "--quick must not append to the repository's results"
+    changed = [str(path) for path, state in committed.items() if _file_state(path) != state]
+    assert not changed, f"--quick must not touch the repository's results or page: {changed}"
 
 
 def _record(contender: str, setting: str, seed: int, fid: float, minutes: float = 5.0,
@@ -115,3 +123,24 @@ def test_the_config_digest_follows_the_recipe_not_its_comments_or_layout(tmp_pat
     assert config_digest("gan", tmp_path) == digest  # comments and key order: the same recipe
     config.write_text("model:\n  init_args:\n    lr: 0.002\n    width: 64\n")
     assert config_digest("gan", tmp_path) != digest  # a changed value: another recipe, another row
+
+
+def test_the_summary_gives_one_row_per_budget_with_the_config_as_it_is_now_against_the_better_baseline():
+    default = "configs/gan_fmnist.yaml"
+    records = [
+        *(_record("lightning-gen", default, seed, fid) for seed, fid in enumerate((100.0, 120.0, 300.0))),
+        _record("lightning-gen", default, 0, 10.0, digest="0ld0ld00"),  # an earlier config: not the default's
+        *(_record("plain", "A", seed, fid) for seed, fid in enumerate((150.0, 160.0, 170.0))),
+        *(_record("plain", "B", seed, fid) for seed, fid in enumerate((90.0, 500.0, 130.0))),
+        _record("lightning-gen", default, 0, 50.0, minutes=15.0),  # 15 minutes: its own row, no baseline yet
+        _record("plain", "A", 0, 80.0, minutes=2.0),  # a budget without the default config: no row
+    ]
+    for record in records:
+        record["date"] = "2031-02-03T04:05:06"
+    rows = [line for line in summary_table(records, ["gan", "vae"]) if line.startswith("| gan")]
+    assert len(rows) == 2
+    cells = [cell.strip() for cell in rows[0].split("|")[1:-1]]
+    # the median of 100, 120, 300 and its worst seed; B's median 130 beats A's 160: 120 / 130
+    assert cells[:6] == ["gan", "5 min", "100", "120.0 (300.0), 3", "B: 130.0 (500.0), 3", "0.92x"]
+    assert cells[-2:] == ["2031-02-03", "test CPU"]
+    assert "| gan | 15 min | 100 | 50.0 (50.0), 1 | none yet | n/a |" in rows[1]

@@ -1,7 +1,9 @@
-"""The flow families' baselines of benchmarks/quality_at_budget.py (benchmarks/baselines.py): the plain
-rectified-flow loss and torchcfm's loss against hand computations on fixed batches; the RealNVP's
-inverse, its log-determinant against autograd's Jacobian, its likelihood at initialisation in closed form;
-every flow's likelihood finite, negative and in nats of the 8-bit data."""
+"""The hand-written baselines of the benchmarks (benchmarks/baselines.py): the classic PixelCNN sees only the
+pixels before each one, and its window sampler gets the full pass's logits; the Bernoulli autoencoders' losses
+against hand computations and the AE's code Gaussian against the codes' moments; the plain rectified-flow
+loss and torchcfm's loss against hand computations on fixed batches; the RealNVP's inverse, its
+log-determinant against autograd's Jacobian, its likelihood at initialisation in closed form; every flow's
+likelihood finite, negative and in nats of the 8-bit data."""
 
 from __future__ import annotations
 
@@ -16,13 +18,17 @@ from tests.support.paths import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from baselines import (  # noqa: E402
+    LATENT_AE,
     LOGIT_MARGIN,
     NUM_DIMS,
+    BernoulliAutoencoder,
+    ClassicPixelCNN,
     EulerSampler,
     NormflowsGlow,
     PlainUNet,
     RealNVP,
     dequantize,
+    mlp_nets,
     rectified_flow_loss,
     torchcfm_loss,
 )
@@ -42,6 +48,59 @@ def _perturbed(model: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.
         for p in model.parameters():
             p.add_(scale * torch.randn(p.shape, generator=g))
     return model
+
+
+# --- PixelCNN and autoencoders -------------------------------------------------------------------------
+def test_the_classic_pixelcnn_sees_only_earlier_pixels_and_its_window_pass_gives_the_full_logits():
+    model = _perturbed(ClassicPixelCNN(width=8, b_layers=2), 0.05).eval()
+    x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    later = x.clone()
+    later[:, :, 10, 12:] = torch.rand(2, 1, 16)  # the pixel (10, 12) itself and everything after it
+    later[:, :, 11:] = torch.rand(2, 1, 17, 28)
+    with torch.no_grad():
+        full, changed = model(x), model(later)
+        assert torch.allclose(full[:, :, 10, 12], changed[:, :, 10, 12])  # mask A: not even the pixel itself
+        assert not torch.allclose(full[:, :, 10, 13], changed[:, :, 10, 13])  # the control: (10, 13) sees (10, 12)
+        for i, j in ((0, 0), (10, 12), (27, 27), (5, 26)):  # the window ``sample`` feeds for pixel (i, j)
+            top, left = max(0, i - model.reach), max(0, j - model.reach)
+            window = model(x[:, :, top: i + 1, left: j + model.reach + 1])[:, :, -1, j - left]
+            assert torch.allclose(window, full[:, :, i, j], atol=1e-5), (i, j)
+    levels = torch.round(x[:, 0] * 255).long()
+    by_hand = torch.log_softmax(full, 1).gather(1, levels[:, None])[:, 0].sum((1, 2))  # (2,) nats per image
+    assert torch.allclose(model.log_likelihood(x), by_hand, atol=1e-3)
+    assert model.loss(x).item() == pytest.approx(-by_hand.sum().item() / (2 * 784), rel=1e-5)
+
+
+def test_the_bernoulli_autoencoders_losses_are_the_cross_entropy_and_the_kl_by_hand():
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    ae = BernoulliAutoencoder(mlp_nets, variational=False)
+    logits = ae.decoder(ae.encoder(x))
+    by_hand = -(x * torch.log(torch.sigmoid(logits)) + (1 - x) * torch.log(1 - torch.sigmoid(logits))).sum((1, 2, 3))
+    assert ae.loss(x).item() == pytest.approx(by_hand.mean().item(), rel=1e-4)
+
+    vae = BernoulliAutoencoder(mlp_nets, variational=True)
+    torch.manual_seed(1)
+    loss = vae.loss(x)
+    torch.manual_seed(1)  # the same reparameterisation noise
+    mean, logvar = vae.encoder(x).chunk(2, dim=1)
+    z = mean + torch.randn_like(mean) * torch.exp(0.5 * logvar)
+    kl = (0.5 * (mean ** 2 + torch.exp(logvar) - 1 - logvar)).sum(1)  # KL(N(mean, var) || N(0, I))
+    reconstruction = torch.nn.functional.binary_cross_entropy_with_logits(vae.decoder(z), x, reduction="none")
+    assert loss.item() == pytest.approx((reconstruction.sum((1, 2, 3)) + kl).mean().item(), rel=1e-5)
+
+
+def test_the_ae_samples_from_a_gaussian_with_its_codes_mean_and_covariance():
+    ae = BernoulliAutoencoder(mlp_nets, variational=False).eval()
+    images = torch.rand(500, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    ae.fit_code_gaussian(images)
+    with torch.no_grad():
+        codes = ae.encoder(images).double()  # (500, 20)
+    assert torch.allclose(ae.code_mean.double(), codes.mean(0), atol=1e-5)
+    covariance = (ae.code_scale_tril @ ae.code_scale_tril.T).double()
+    assert torch.allclose(covariance, torch.cov(codes.T, correction=0), atol=1e-4)
+    assert ae.code_mean.shape == (LATENT_AE,) and not torch.allclose(ae.code_mean, torch.zeros(LATENT_AE))
+    samples = ae.sample(4, torch.Generator().manual_seed(0))
+    assert samples.shape == (4, 1, 28, 28) and samples.min() >= 0 and samples.max() <= 1
 
 
 # --- flow matching ---------------------------------------------------------------------------------
