@@ -11,6 +11,7 @@ the experiment, ``run.json`` after ``fit`` and a closing summary after ``fit``, 
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,16 @@ def _given(arguments: dict, *names: str) -> dict:
     """The numbers among ``arguments[names]`` (``val_check_interval`` may also be a duration)."""
     return {name: arguments[name] for name in names
             if isinstance(arguments.get(name), (int, float)) and not isinstance(arguments[name], bool)}
+
+
+def _then_summary(lightning_method):
+    """``lightning_method`` (Lightning's ``validate`` or ``test``), then the closing summary of what it measured."""
+
+    @functools.wraps(lightning_method)
+    def run(self, *args, **kwargs):
+        return self._summarised(lightning_method(self, *args, **kwargs))
+
+    return run
 
 
 class LightningGenTrainer(EvaluateAndSample, Trainer):
@@ -100,27 +111,10 @@ class LightningGenTrainer(EvaluateAndSample, Trainer):
             write_run_record(self, time.perf_counter() - started)
             print(run_summary(self, self._metrics_of_last_fit), flush=True)
 
-    def validate(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None,
-                 weights_only=None):
-        """Lightning's ``validate``, then the closing summary.
-
-        Args:
-            ckpt_path: the checkpoint to validate (``best``, ``last``, or a path).
-            verbose: print Lightning's table of results.
-            weights_only: passed to ``torch.load`` when the checkpoint is read (Lightning's default when None).
-        """
-        return self._summarised(super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only))
-
-    def test(self, model=None, dataloaders=None, ckpt_path=None, verbose: bool = True, datamodule=None,
-             weights_only=None):
-        """Lightning's ``test``, then the closing summary.
-
-        Args:
-            ckpt_path: the checkpoint to test (``best``, ``last``, or a path).
-            verbose: print Lightning's table of results.
-            weights_only: passed to ``torch.load`` when the checkpoint is read (Lightning's default when None).
-        """
-        return self._summarised(super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only))
+    # Lightning's ``validate`` and ``test`` (their signatures and docstrings, which LightningCLI reads for the
+    # options), then the closing summary
+    validate = _then_summary(Trainer.validate)
+    test = _then_summary(Trainer.test)
 
     def _summarised(self, results):
         """Print the closing summary after ``validate`` or ``test``: what they measured, over the metrics of

@@ -8,13 +8,13 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.loggers import CSVLogger
-from test_pictures import SampleOnlyModel
 
 from lightning_gen.callbacks import EvaluationCallback
 from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.errors import ConfigValueError
 from lightning_gen.metrics import MetricError
 from lightning_gen.models import VAE
+from tests.support.stand_ins import SampleOnlyModel
 
 
 def _trainer(tmp_path, callback, **kwargs):

@@ -12,23 +12,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gen.callbacks.checkpoint import CurrentLastModelCheckpoint, keep_last_checkpoint_current
 from lightning_gen.trainer import LightningGenTrainer
+from tests.support.stand_ins import TinyRegression
 
 
-class GetsWorseAfterFirstEpoch(pl.LightningModule):
+class GetsWorseAfterFirstEpoch(TinyRegression):
     """Logs val/score = 1 at epoch 0 and lower every epoch after, so only epoch 0 is ever 'best'."""
-
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch[0]).pow(2).mean()
 
     def validation_step(self, batch, batch_idx):
         self.log("val/score", 1.0 - self.current_epoch, on_epoch=True)
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 def _fit(tmp_path, checkpoint, epochs=3, trainer_class=pl.Trainer):

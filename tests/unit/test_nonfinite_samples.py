@@ -25,9 +25,9 @@ from lightning_gen.data import FashionMNISTDataModule
 from lightning_gen.metrics import EvaluationSettings, evaluate_model
 from lightning_gen.metrics.finite import NonFiniteSamplesError, check_finite_samples
 from lightning_gen.metrics.frechet import FrechetReference, GuardedFrechetInceptionDistance
-from lightning_gen.models.base import GenerativeModule
 from tests.support.image_bank import ImageBankModel
 from tests.support.paths import CONFIGS
+from tests.support.stand_ins import SampleOnlyModel
 
 FMNIST = ["--data", "vae_fmnist", "--data_dir", "/usr/share/datasets/fashion-mnist"]
 
@@ -164,14 +164,11 @@ def test_compare_counts_a_run_with_nan_samples_as_diverged_and_scores_the_others
 
 # --- the EvaluationCallback: a logged failure, and training goes on --------------------------------------------
 
-class NaNFromEpochOne(GenerativeModule):
+class NaNFromEpochOne(SampleOnlyModel):
     """Finite samples in epoch 0; from epoch 1 half of each batch has 4 NaN pixels (a sampler that started to
     overflow). A uniform likelihood throughout: 8 bits/dim."""
 
-    def __init__(self):
-        super().__init__()
-        self.data_shape = (1, 28, 28)
-        self.level = torch.nn.Parameter(torch.tensor(0.5))
+    data_shape = (1, 28, 28)
 
     def sample(self, n, generator=None):
         images = torch.rand(n, *self.data_shape, generator=generator) * self.level.detach()
@@ -181,15 +178,6 @@ class NaNFromEpochOne(GenerativeModule):
 
     def log_likelihood(self, x):
         return torch.full((len(x),), -784 * math.log(256), dtype=torch.float64)
-
-    def training_step(self, batch, batch_idx):
-        return (self.level - batch[0].mean()) ** 2
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def test_the_callback_logs_the_failure_and_training_goes_on(fmnist_dir, tmp_path):

@@ -12,8 +12,8 @@ from PIL import Image
 
 from lightning_gen.callbacks import PictureLogger
 from lightning_gen.models import GAN, VAE
-from lightning_gen.models.base import GenerativeModule
 from tests.support.contract import fake_image_batches
+from tests.support.stand_ins import SampleOnlyModel
 
 
 class RecordingImageLogger(Logger):
@@ -96,27 +96,6 @@ def test_reconstruction_grid_shows_inputs_above_outputs_and_interpolations_end_o
         assert np.array_equal(_tile(interp, pair, 0), expected(pair))
         assert np.array_equal(_tile(interp, pair, 6), expected(2 + pair))  # 5 steps between the two inputs
     assert not (images / "val_samples_epoch0001.png").exists()  # num_samples=0 turns samples off
-
-
-class SampleOnlyModel(GenerativeModule):
-    """A model with no latent space: only ``sample``."""
-
-    def __init__(self):
-        super().__init__()
-        self.data_shape = (1, 8, 8)
-        self.level = torch.nn.Parameter(torch.tensor(0.5))
-
-    def sample(self, n, generator=None):
-        return self.level.clamp(0, 1).expand(n, *self.data_shape)
-
-    def training_step(self, batch, batch_idx):
-        return (self.level - batch[0].mean()) ** 2
-
-    def validation_step(self, batch, batch_idx):
-        pass
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
 def test_a_model_without_encode_gets_only_samples(tmp_path):

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
-import lightning.pytorch as pl
 import lightning.pytorch.callbacks.timer as lightning_timer
 import pytest
 import torch
@@ -30,6 +29,7 @@ import lightning_gen.trainer as trainer_module
 from lightning_gen.errors import RunFolderError
 from lightning_gen.faults import KILL_AT_VARIABLE
 from lightning_gen.trainer import LightningGenTrainer
+from tests.support.stand_ins import TinyRegression
 
 SCRIPT = textwrap.dedent('''
     import os, signal, sys
@@ -115,21 +115,11 @@ def test_a_kill_half_way_through_a_save_from_python_leaves_no_torn_checkpoint(tm
     assert not partial.name.endswith(".ckpt")
 
 
-class _Tiny(pl.LightningModule):
-    """Two parameters and a loss: the run policy under test, not the model."""
-
-    def __init__(self):
-        super().__init__()
-        self.layer = torch.nn.Linear(2, 1)
-
-    def training_step(self, batch, batch_idx):
-        return self.layer(batch[0]).pow(2).mean()
+class _Tiny(TinyRegression):
+    """The run policy under test, not the model."""
 
     def validation_step(self, batch, batch_idx):
         self.log("val/loss", self.layer(batch[0]).pow(2).mean())
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
 class _TrainedInPhases(_Tiny):
