@@ -147,16 +147,11 @@ class AE(_Autoencoder):
             self.log_dict({"train/loss": loss, "train/recon": loss}, prog_bar=True)
         return loss
 
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
         x = self._prepare_batch(batch, stage, batch_idx)
         nll, _ = self._reconstruction_nll(x)
         self.log(f"{stage}/recon", nll.mean(), prog_bar=stage == "val", sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
 
     # --- the Gaussian fitted to training codes -------------------------------------------------
     def on_train_epoch_start(self) -> None:
@@ -275,7 +270,8 @@ class VAE(_Autoencoder):
             self.log("train/elbo", (log_px_z - kl).mean())
         return loss
 
-    def _evaluate(self, batch, batch_idx: int, stage: str, importance_samples: int) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
+        importance_samples = self.val_importance_samples if stage == "val" else self.test_importance_samples
         x = self._prepare_batch(batch, stage, batch_idx)
         generator = self._eval_generator(x.device, 10_000 + batch_idx)
         log_px_z, kl = self.elbo_terms(x, generator)
@@ -292,11 +288,6 @@ class VAE(_Autoencoder):
         }
         self.log_dict(metrics, sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val", self.val_importance_samples)
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test", self.test_importance_samples)
 
     @torch.no_grad()
     def log_likelihood(

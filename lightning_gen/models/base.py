@@ -99,6 +99,18 @@ class GenerativeModule(pl.LightningModule):
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         raise NotImplementedError
 
+    # --- held-out evaluation: validation and test log the same measures, each under its stage's prefix ---------
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
+        """Log this held-out batch's measures as ``<stage>/<name>`` (``stage``: ``val`` or ``test``), e.g.
+        ``val/nll_bpd``; ``validation_step`` and ``test_step`` both call it."""
+        raise NotImplementedError(f"{type(self).__name__} defines no evaluation_step (or validation_step/test_step)")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self.evaluation_step(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self.evaluation_step(batch, batch_idx, "test")
+
     def logging_this_batch(self) -> bool:
         """Whether Lightning writes this training batch's step metrics (every ``log_every_n_steps``
         batches; always outside a Trainer). Training steps log only then: the logger would drop the

@@ -186,17 +186,12 @@ class Flow(GenerativeModule):
         x = batch_images(batch)
         return -self.discrete_log_likelihood(self.prepare_input(x, self._eval_generator(x.device, batch_idx)))
 
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
         nll = self._held_out_nll(batch, batch_idx)
         self.log(f"{stage}/nll", nll.mean(), sync_dist=True)
         self.log(f"{stage}/nll_bpd", nats_to_bits_per_dim(nll, self.num_dims).mean(), prog_bar=stage == "val",
                  sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Each image's -log p of the predict split (the test set), dequantised as in ``test``: ``nll``

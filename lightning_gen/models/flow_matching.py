@@ -255,7 +255,7 @@ class FlowMatching(GenerativeModule):
             self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
         # held-out noise seeded by the batch: the same checkpoint gives the same numbers
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         images, labels = batch_images(batch), self.batch_labels(batch)
@@ -266,8 +266,3 @@ class FlowMatching(GenerativeModule):
             self.log("test/nll", nll.mean(), sync_dist=True)
             self.log("test/nll_bpd", nats_to_bits_per_dim(nll, self.num_dims).mean(), sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")

@@ -295,7 +295,7 @@ class GAN(GenerativeModule):
                 scheduler.step()
 
     # --- held-out batches: the game's value on data D was not trained on -----------------------
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
         """Log ``<stage>/value`` (V(D, G_ema) on this batch), ``<stage>/d_real`` and ``<stage>/d_fake``."""
         real = self._to_model_space(batch)
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
@@ -306,11 +306,6 @@ class GAN(GenerativeModule):
                        f"{stage}/d_real": torch.sigmoid(real_scores).mean(),
                        f"{stage}/d_fake": torch.sigmoid(fake_scores).mean()}, sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
 
     # --- the common surface --------------------------------------------------------------------
     @torch.no_grad()

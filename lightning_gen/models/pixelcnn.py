@@ -145,18 +145,13 @@ class PixelCNN(GenerativeModule):
             self.log("train/nll_bpd", nats_to_bits_per_dim(loss, self.num_dims), prog_bar=True)
         return loss
 
-    def _evaluate(self, batch, stage: str) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
         x = batch_images(batch)
         nll = -self.conditional_log_likelihood(x, self.batch_labels(batch))
         self.log(f"{stage}/nll", nll.mean(), sync_dist=True)
         self.log(f"{stage}/nll_bpd", nats_to_bits_per_dim(nll, self.num_dims).mean(), prog_bar=stage == "val",
                  sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Each image's exact -log p(x) of the predict split (the test set): ``nll`` ``[N]`` nats and

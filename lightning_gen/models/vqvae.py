@@ -186,7 +186,7 @@ class VQVAE(GenerativeModule):
         })
         return loss
 
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
         x = self._prepare_batch(batch, stage, batch_idx)
         _, indices, recon_nll, _ = self._forward_terms(x)
         counts = torch.bincount(indices.flatten(), minlength=self.quantizer.num_codes)
@@ -194,11 +194,6 @@ class VQVAE(GenerativeModule):
         self.log_dict({f"{stage}/recon_bpd": nats_to_bits_per_dim(recon_nll, self.num_dims).mean(),
                        f"{stage}/perplexity": perplexity(counts)}, sync_dist=True)  # per batch, averaged
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Code grids ``codes`` ``[N, h, w]`` (long: the data a prior over codes trains on) and

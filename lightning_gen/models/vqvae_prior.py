@@ -247,18 +247,13 @@ class VQVAEPrior(GenerativeModule):
             self.log("train/code_bpc", bits_per_code(loss, self._cells()), prog_bar=True)
         return loss
 
-    def _evaluate(self, batch, batch_idx: int, stage: str) -> None:
+    def evaluation_step(self, batch, batch_idx: int, stage: str) -> None:
         codes, labels = self._codes_and_labels(batch, stage, batch_idx)
         nll = -self.code_log_likelihood(codes, labels)
         self.log(f"{stage}/code_nll", nll.mean(), sync_dist=True)
         self.log(f"{stage}/code_bpc", bits_per_code(nll, self._cells()).mean(), prog_bar=stage == "val",
                  sync_dist=True)
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, batch_idx, "test")
 
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """The test set's code grids ``codes`` ``[N, h, w]`` and their ``code_nll`` ``[N]`` (nats per grid)."""
