@@ -8,6 +8,7 @@ command line (``--model.init_args.latent_dim 32``) and ``--print_config`` shows 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import warnings
 
@@ -213,6 +214,20 @@ RUN_COMMANDS = {"compare": "lightning_gen.report.compare", "dashboard": "lightni
                 "configs": "lightning_gen.packaged_configs"}
 
 
+def _run(args: list[str]) -> None:
+    if args and args[0] in RUN_COMMANDS:
+        importlib.import_module(RUN_COMMANDS[args[0]]).main(args[1:])
+    elif args[:1] == ["evaluate"] and option_value(args, "--samples"):  # images from anywhere: no model
+        importlib.import_module("lightning_gen.metrics.sample_files").main(args[1:])
+    else:
+        args = resolve_config_options(args)
+        checkpoint = command_checkpoint(args)  # the command's one read of its --ckpt_path
+        args = args_from_checkpoint(args, checkpoint)
+        # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns of
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        LightningGenCLI(args=args, checkpoint=checkpoint)
+
+
 def main(args: list[str] | None = None) -> None:
     """Errors a user can fix print one line (``lightning-gen: error: ...``) and exit non-zero; with
     ``--debug`` (anywhere on the command line) or ``LIGHTNING_GEN_DEBUG=1`` they show their traceback."""
@@ -220,18 +235,13 @@ def main(args: list[str] | None = None) -> None:
     with debugging("--debug" in args):
         args = [arg for arg in args if arg != "--debug"]
         try:
-            if args and args[0] in RUN_COMMANDS:
-                importlib.import_module(RUN_COMMANDS[args[0]]).main(args[1:])
-                return
-            if args[:1] == ["evaluate"] and option_value(args, "--samples"):  # images from anywhere: no model
-                importlib.import_module("lightning_gen.metrics.sample_files").main(args[1:])
-                return
-            args = resolve_config_options(args)
-            checkpoint = command_checkpoint(args)  # the command's one read of its --ckpt_path
-            args = args_from_checkpoint(args, checkpoint)
-            # args may be sys.argv completed from a checkpoint, on purpose: not the mistake Lightning warns of
-            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-            LightningGenCLI(args=args, checkpoint=checkpoint)
+            _run(args)
+            sys.stdout.flush()  # output still buffered meets a closed pipe here, not in Python's exit
+        except BrokenPipeError:
+            # the reader of the output went away (`lightning-gen configs | head -3`): stop quietly, as `yes | head`
+            # does; what is still buffered goes nowhere instead of failing again when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise SystemExit(128 + 13) from None
         except SIGTERMException:
             # Lightning's own SIGTERM stop (end of an epoch, inside validation) is a SystemExit with code 0:
             # a run that did not finish must not look like one that did

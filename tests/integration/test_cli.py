@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -312,3 +313,21 @@ def test_a_model_option_typed_on_the_command_line_wins_over_the_checkpoint(train
     assert typed.val_importance_samples == 3 and typed.latent_dim == from_checkpoint.latent_dim
     typed = LightningGenCLI(args=[*command, f"{spelling}=5"]).model
     assert typed.val_importance_samples == 5
+
+
+@pytest.mark.parametrize("buffered", [True, False])
+def test_output_into_a_closed_pipe_ends_quietly(buffered):
+    # a reader that went away (`lightning-gen configs | head -1`): here, a pipe whose reading end is closed before
+    # the command starts, so its first write fails, whether Python buffers the output or writes each line
+    reading, writing = os.pipe()
+    os.close(reading)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    try:
+        result = subprocess.run([sys.executable, "-m", "lightning_gen", "configs"], stdout=writing,
+                                stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    finally:
+        os.close(writing)
+    assert result.returncode == 128 + 13  # as a tool killed by SIGPIPE
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr, result.stderr
