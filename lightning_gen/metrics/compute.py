@@ -244,10 +244,12 @@ class EvaluationRun:
         means = {spec.name: MeanMetric().to(device).set_dtype(torch.float64) for spec in averaged}
         count = torch.zeros((), device=device)
         loader = self.datamodule.split_dataloader(settings.split)
-        limit = settings.max_real or len(loader.dataset)
+        limit = min(settings.max_real or len(loader.dataset), len(loader.dataset))
         seen = 0
-        batches = tqdm(loader, desc=f"likelihood on {settings.split}", disable=not settings.progress or rank,
-                       leave=False)
+        # the bar counts the batches this pass reads (it stops at max_real), not the whole split's
+        total = math.ceil(limit / loader.batch_size) if loader.batch_size else None
+        batches = tqdm(loader, total=total, desc=f"likelihood on {settings.split}",
+                       disable=not settings.progress or rank, leave=False)
         for index, batch in enumerate(batches):
             if seen >= limit:
                 break

@@ -133,6 +133,14 @@ class UniformModel(GenerativeModule):
         return torch.full((len(x),), -math.prod(self.data_shape) * math.log(256), dtype=torch.float64)
 
 
+def test_the_likelihood_bar_counts_the_batches_max_real_reads_not_the_whole_split(fmnist, tmp_path, capsys):
+    data, _, _ = fmnist
+    batches = -(-300 // data.split_dataloader("test").batch_size)
+    evaluate_model(UniformModel(), data, EvaluationSettings(metrics=["nll_bpd"], max_real=300, progress=True), "cpu")
+    bar = capsys.readouterr().err
+    assert f"/{batches} " in bar and f"/{len(data.split_dataloader('test'))} " not in bar, bar[-500:]
+
+
 def test_nll_bpd_converts_nats_per_image_to_bits_per_dim(fmnist, tmp_path):
     data, _, _ = fmnist
     settings = EvaluationSettings(metrics=["nll_bpd"], split="test", max_real=300, cache_dir=str(tmp_path),
