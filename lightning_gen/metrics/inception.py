@@ -24,7 +24,7 @@ The weights, first found wins (``features.py: resolve_inception_weights``, which
 The TorchScript file keeps TensorFlow's layer names (``conv``, ``mixed_3.tower_1.conv_2``, ...) and
 scale-free batch norms (``beta``, ``mean``, ``var``, eps 0.001); ``torchscript_to_torch_fidelity`` renames
 them into torch-fidelity's module (``Conv2d_1a_3x3``, ``Mixed_6a.branch3x3dbl_3``, ... with ``bn.weight`` = 1).
-tests/unit/test_inception.py checks that both networks give the same features on real images (within 1e-4).
+tests/integration/test_inception.py checks that both networks give the same features on real images (within 1e-4).
 """
 
 from __future__ import annotations
