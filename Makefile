@@ -63,8 +63,8 @@ TEST_WORKERS ?= 2
 test: lint
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
-# the unit tier only (tests/unit/), for the edit loop: no CLI subprocesses, DDP, signals, recipes over seeds or
-# benchmarks (those are tests/integration/); `make test` runs both tiers
+# the unit tier only (tests/unit/), for the edit loop: no subprocesses, DDP, signals, recipes over seeds,
+# benchmarks or Inception passes over real images (those are tests/integration/); `make test` runs both tiers
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=5 tests/unit
 

@@ -135,8 +135,8 @@ class LightningGenCLI(LightningCLI):
         with two changes: a checkpoint of another model class is refused (Lightning would silently replace
         the configured model) and a missing or corrupt file is one clear message; and options typed on this
         command line win over the checkpoint's (``sample --model.init_args.sampler reference``), while the
-        checkpoint wins over a config file (it says what was trained). One read of the file
-        (``read_checkpoint`` keeps it for ``evaluate``/``sample`` to load the weights from). Replace this
+        checkpoint wins over a config file (it says what was trained). One read of the file: ``evaluate`` and
+        ``sample`` hand the boundary's ``CheckpointFile`` on to the Trainer to load the weights from. Replace this
         override when Lightning has a public hook: pytorch-lightning PRs #21408 (``adapt_checkpoint_hparams``)
         and #21455 (command-line values over the checkpoint's) are open."""
         subcommand = self.config.get("subcommand")
@@ -149,6 +149,8 @@ class LightningGenCLI(LightningCLI):
         class_path = self.config[subcommand].model.class_path
         check_model_class(checkpoint, import_class(class_path), ckpt_path)
         arguments = {**model_hyperparameters(checkpoint), **model_overrides(self._command_line)}
+        if subcommand not in ("evaluate", "sample"):
+            self._checkpoint = None  # fit, validate, test, predict: Lightning loads the weights; keep no copy
         if arguments:
             model = {"class_path": class_path, "init_args": arguments}
             self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)

@@ -47,10 +47,11 @@ def option_value(args: list[str], name: str) -> str | None:
 
 
 def command_checkpoint(args: list[str]) -> CheckpointFile | None:
-    """The checkpoint file a command line names (``--ckpt_path FILE``), read once here, at the boundary; None
-    when it names none or a keyword (``last``). A ``ckpt_path`` set in a config file is read by the CLI."""
+    """The checkpoint file of ``evaluate``/``sample`` (``--ckpt_path FILE``), read once here, at the boundary, for
+    the model class, data, hyperparameters and weights; None when the command line names none or a keyword
+    (``last``). The CLI reads any other command's checkpoint (and one set in a config file) itself, once."""
     ckpt_path = option_value(args, "--ckpt_path")
-    if not ckpt_path or ckpt_path in CHECKPOINT_KEYWORDS:
+    if not args or args[0] not in ("evaluate", "sample") or not ckpt_path or ckpt_path in CHECKPOINT_KEYWORDS:
         return None
     return CheckpointFile.read(ckpt_path)
 
