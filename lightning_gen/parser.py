@@ -8,12 +8,14 @@ import difflib
 import inspect
 import re
 import sys
+from dataclasses import fields
 
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch.cli import LightningArgumentParser
 
 from lightning_gen.checkpoints import import_class
 from lightning_gen.errors import debug_requested
+from lightning_gen.metrics.registry import EvaluationSettings
 
 
 class ConciseArgumentParser(LightningArgumentParser):
@@ -43,19 +45,13 @@ def command_parser(prog: str, description: str) -> ConciseArgumentParser:
 def add_settings_options(parser: ConciseArgumentParser, skip: set[str], **defaults) -> None:
     """``EvaluationSettings``' fields as options (help from its docstring), but ``skip``; ``defaults`` replace
     the type's own where a command states a protocol of its own."""
-    from lightning_gen.metrics.registry import EvaluationSettings
-
     parser.add_class_arguments(EvaluationSettings, skip=skip | {"progress"}, instantiate=False,
                                sub_configs=False, as_group=True)
     parser.set_defaults(defaults)
 
 
-def settings_from(options: Namespace, **fixed):
+def settings_from(options: Namespace, **fixed) -> EvaluationSettings:
     """The ``EvaluationSettings`` a command's parsed options name (see ``add_settings_options``), with ``fixed``."""
-    from dataclasses import fields
-
-    from lightning_gen.metrics.registry import EvaluationSettings
-
     given = {f.name: options[f.name] for f in fields(EvaluationSettings) if f.name in options}
     return EvaluationSettings(**{**given, **fixed})
 
