@@ -2,13 +2,8 @@
 CPU-only CI). Without a device they fail at collection rather than skip: a skipped GPU check would read as
 a passed one."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the CPU suite's helpers
 
 
 def pytest_collection_modifyitems(config, items):
