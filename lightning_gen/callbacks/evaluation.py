@@ -59,13 +59,9 @@ class EvaluationCallback(pl.Callback):
         self.seconds_spent = 0.0
         self._fit_started: float | None = None
 
-    @property
-    def metrics(self) -> list[str] | None:
-        return self.settings.metrics
-
     def setup(self, trainer, pl_module, stage):
         self.settings = self.settings.for_model(pl_module)  # no metrics named: the registry's default
-        check_model_supports(pl_module, self.metrics)  # a GAN asked for nll_bpd fails here, not hours later
+        check_model_supports(pl_module, self.settings.metrics)  # a GAN asked for nll_bpd fails here, not hours later
 
     def on_fit_start(self, trainer, pl_module):
         self._fit_started = time.perf_counter()

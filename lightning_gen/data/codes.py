@@ -92,7 +92,7 @@ class VQCodesDataModule(SplitDataModule):
         self.encode_batch_size, self.progress = encode_batch_size, progress
         self.vqvae = None  # the frozen VQVAE (eval mode, CPU) once the checkpoint is read
         self.image_data: SplitDataModule | None = None  # the VQ-VAE run's image DataModule
-        self.checkpoint_path: Path | None = None
+        self.recorded_data: dict[str, Any] | None = None  # the images' DataModule, as the VQ-VAE checkpoint records it
         self.vqvae_sha256: str | None = None
         self.data_shape: tuple[int, int, int] | None = None
         self.num_classes: int | None = None
@@ -123,7 +123,6 @@ class VQCodesDataModule(SplitDataModule):
         self.vqvae = run.model.requires_grad_(False)
         self.image_data = run.datamodule
         self.recorded_data = checkpoint[DATAMODULE_KEY]
-        self.checkpoint_path = run.checkpoint_path
         self.vqvae_sha256 = file_sha256(loaded_path)
         self.vqvae_hparams = {**model_hyperparameters(checkpoint), "data_shape": list(self.vqvae.data_shape)}
         self.data_shape = tuple(self.vqvae.data_shape)

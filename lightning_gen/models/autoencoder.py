@@ -152,7 +152,6 @@ class AE(_Autoencoder):
         nll, _ = self._reconstruction_nll(x)
         self.log(f"{stage}/recon", nll.mean(), prog_bar=stage == "val", sync_dist=True)
 
-
     # --- the Gaussian fitted to training codes -------------------------------------------------
     def on_train_epoch_start(self) -> None:
         d = self.latent_dim
@@ -287,7 +286,6 @@ class VAE(_Autoencoder):
             f"{stage}/nll_bpd": nats_to_bits_per_dim(nll, self.num_dims).mean(),
         }
         self.log_dict(metrics, sync_dist=True)
-
 
     @torch.no_grad()
     def log_likelihood(

@@ -192,7 +192,6 @@ class Flow(GenerativeModule):
         self.log(f"{stage}/nll_bpd", nats_to_bits_per_dim(nll, self.num_dims).mean(), prog_bar=stage == "val",
                  sync_dist=True)
 
-
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Each image's -log p of the predict split (the test set), dequantised as in ``test``: ``nll``
         ``[N]`` nats and ``nll_bpd`` ``[N]`` bits/dim."""

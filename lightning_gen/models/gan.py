@@ -306,7 +306,6 @@ class GAN(GenerativeModule):
                        f"{stage}/d_real": torch.sigmoid(real_scores).mean(),
                        f"{stage}/d_fake": torch.sigmoid(fake_scores).mean()}, sync_dist=True)
 
-
     # --- the common surface --------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:

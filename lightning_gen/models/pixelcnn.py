@@ -152,7 +152,6 @@ class PixelCNN(GenerativeModule):
         self.log(f"{stage}/nll_bpd", nats_to_bits_per_dim(nll, self.num_dims).mean(), prog_bar=stage == "val",
                  sync_dist=True)
 
-
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Each image's exact -log p(x) of the predict split (the test set): ``nll`` ``[N]`` nats and
         ``nll_bpd`` ``[N]`` bits/dim (given its label for a class-conditional model, as in ``test``)."""

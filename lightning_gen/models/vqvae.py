@@ -194,7 +194,6 @@ class VQVAE(GenerativeModule):
         self.log_dict({f"{stage}/recon_bpd": nats_to_bits_per_dim(recon_nll, self.num_dims).mean(),
                        f"{stage}/perplexity": perplexity(counts)}, sync_dist=True)  # per batch, averaged
 
-
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """Code grids ``codes`` ``[N, h, w]`` (long: the data a prior over codes trains on) and
         reconstructions ``[N, C, H, W]`` of the predict split (the test set)."""

@@ -254,7 +254,6 @@ class VQVAEPrior(GenerativeModule):
         self.log(f"{stage}/code_bpc", bits_per_code(nll, self._cells()).mean(), prog_bar=stage == "val",
                  sync_dist=True)
 
-
     def predict_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         """The test set's code grids ``codes`` ``[N, h, w]`` and their ``code_nll`` ``[N]`` (nats per grid)."""
         codes, labels = self._codes_and_labels(batch, "predict", batch_idx)

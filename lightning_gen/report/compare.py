@@ -284,8 +284,7 @@ def main(argv: list[str]) -> None:
                         help="seed groups named by hand (one or more); their runs are compared too")
     parser.add_argument("--out", default="comparison", help="output folder (report.html, report.md, comparison.json)")
     add_settings_options(parser, skip={"split", "cache_dir"}, **{
-        name: getattr(COMPARE_PROTOCOL, name) for name in ("num_samples", "max_real", "batch_size")},
-        metrics=",".join(COMPARE_PROTOCOL.metrics))
+        name: getattr(COMPARE_PROTOCOL, name) for name in ("metrics", "num_samples", "max_real", "batch_size")})
     parser.add_argument("--likelihood_images", type=int | None, default=None,
                         help="real images the likelihood metrics average over (default: --max_real); flow "
                              "matching's ODE likelihood costs ~100 samples' worth per image")
